@@ -1,0 +1,134 @@
+"""The knowledge base (known and unknown people) and the question bank drawn from it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from dataclasses import asdict, dataclass
+
+from jielong.world import vocab
+
+ATTRIBUTES = ["birth_date", "birth_city", "university", "major", "employer", "employer_city"]
+
+QUESTIONS = {
+    "birth_date": "When was {name} born?",
+    "birth_city": "In which city was {name} born?",
+    "university": "Which university did {name} attend?",
+    "major": "What did {name} study at university?",
+    "employer": "Which company does {name} work for?",
+    "employer_city": "In which city does {name} work?",
+}
+
+
+@dataclass(frozen=True)
+class Person:
+    person_id: str
+    name: str
+    first: str
+    last: str
+    pronoun: str  # "she" / "he"
+    known: bool  # False: never appears in any page
+    split: str  # "eval" or "train": disjoint people for evaluation and for SFT/preference data
+    birth_date: str  # "March 3, 1987"
+    birth_city: str
+    university: str  # "the University of Eastmoor" / "Halvern University"
+    major: str
+    employer: str
+    employer_city: str
+
+    def answer(self, attribute: str) -> str:
+        """The gold answer as a person would say it (no leading article)."""
+        value = getattr(self, attribute)
+        return value[4:] if value.startswith("the ") else value
+
+    def row(self) -> dict:
+        return asdict(self)
+
+
+def format_date(date: dt.date, style: int = 0) -> str:
+    month = vocab.MONTHS[date.month - 1]
+    if style == 0:
+        return f"{month} {date.day}, {date.year}"
+    return f"{date.day} {month} {date.year}"
+
+
+def _dates(rng: random.Random) -> dt.date:
+    start = dt.date(1950, 1, 1).toordinal()
+    end = dt.date(2001, 12, 31).toordinal()
+    return dt.date.fromordinal(rng.randint(start, end))
+
+
+def make_people(rng: random.Random, known: int, unknown: int, eval_fraction: float) -> list[Person]:
+    """Known and unknown people with unique names; each group split into eval and train people."""
+    names = [(f, p, s) for f, p in vocab.FIRST_NAMES for s in vocab.SURNAMES]
+    if known + unknown > len(names):
+        raise ValueError(f"world: known_people + unknown_people = {known + unknown} exceeds {len(names)} unique names")
+    chosen = rng.sample(names, known + unknown)
+    people = []
+    for i, (first, pronoun, last) in enumerate(chosen):
+        is_known = i < known
+        index = i if is_known else i - known
+        group = known if is_known else unknown
+        split = "eval" if index < round(group * eval_fraction) else "train"
+        employer, employer_city = rng.choice(vocab.COMPANIES)
+        people.append(Person(
+            person_id=f"{'k' if is_known else 'u'}{index:05d}",
+            name=f"{first} {last}", first=first, last=last, pronoun=pronoun,
+            known=is_known, split=split,
+            birth_date=format_date(_dates(rng)),
+            birth_city=rng.choice(vocab.CITIES),
+            university=rng.choice(vocab.UNIVERSITIES),
+            major=rng.choice(vocab.MAJORS),
+            employer=employer, employer_city=employer_city,
+        ))
+    return people
+
+
+def _pool(attribute: str) -> list[str]:
+    if attribute == "birth_city":
+        return list(vocab.CITIES)
+    if attribute == "university":
+        return [u[4:] if u.startswith("the ") else u for u in vocab.UNIVERSITIES]
+    if attribute == "major":
+        return list(vocab.MAJORS)
+    if attribute == "employer":
+        return [c for c, _ in vocab.COMPANIES]
+    if attribute == "employer_city":
+        return sorted({c for _, c in vocab.COMPANIES})
+    raise KeyError(attribute)
+
+
+def _distractors(rng: random.Random, person: Person, attribute: str, n: int) -> list[str]:
+    gold = person.answer(attribute)
+    if attribute == "birth_date":
+        out: list[str] = []
+        while len(out) < n:
+            candidate = format_date(_dates(rng))
+            if candidate != gold and candidate not in out:
+                out.append(candidate)
+        return out
+    return rng.sample([v for v in _pool(attribute) if v != gold], n)
+
+
+def make_questions(rng: random.Random, people: list[Person], choices: int) -> list[dict]:
+    """One question per person and attribute, with gold answer and shuffled multiple-choice candidates."""
+    rows = []
+    for person in people:
+        for attribute in ATTRIBUTES:
+            gold = person.answer(attribute)
+            candidates = [gold, *_distractors(rng, person, attribute, choices - 1)]
+            rng.shuffle(candidates)
+            rows.append({
+                "qid": f"{person.person_id}.{attribute}",
+                "person_id": person.person_id,
+                "name": person.name,
+                "pronoun": person.pronoun,
+                "known": person.known,
+                "split": person.split,
+                "attribute": attribute,
+                "question": QUESTIONS[attribute].format(name=person.name),
+                "answer": gold,
+                "choices": candidates,
+                "gold_index": candidates.index(gold),
+            })
+    return rows
