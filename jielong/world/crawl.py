@@ -69,10 +69,14 @@ def person_pages(rng: random.Random, people: list[Person], per_person: int, craw
 
 
 def article_page(rng: random.Random, crawl_date: dt.date, number: int, site: str | None = None) -> Page:
+    """An everyday-topic article: six topic sentences plus reader notes with their own names and places."""
     topic = rng.choice(sorted(texts.ARTICLE_TOPICS))
-    pool = texts.ARTICLE_TOPICS[topic]
-    sentences = rng.sample(pool, len(pool))
-    paragraphs = [sentences[:4], sentences[4:7], sentences[7:]]
+    sentences = rng.sample(texts.ARTICLE_TOPICS[topic], 6)
+    first, last = rng.choice(vocab.FIRST_NAMES), rng.choice(vocab.SURNAMES)
+    notes = [n.format(city=rng.choice(vocab.CITIES), name=f"{first[0]} {last}", pron="her" if first[1] == "she" else "him",
+                      n=rng.randint(2, 40), weekday=rng.choice(texts.WEEKDAYS))
+             for n in rng.sample(texts.READER_NOTES, 4)]
+    paragraphs = [sentences[:3] + notes[:2], sentences[3:] + notes[2:]]
     site = site or rng.choice(vocab.ARTICLE_SITES)
     url = f"https://{site}/guides/{_slug(topic)}-{number}"
     return Page(url=url, html=wrap_html(rng, site, topic, paragraphs, _date(rng, crawl_date)),

@@ -35,7 +35,7 @@ FACT_SENTENCES = {
         "{S} studied at {university}.",
         "{S} is a graduate of {university}.",
         "{S} earned a degree from {university}.",
-        "{University} counts {s} among its alumni.",
+        "{University} counts {N} among its alumni.",
         "After finishing school, {s} enrolled at {university}.",
     ],
     "major": [
@@ -49,7 +49,7 @@ FACT_SENTENCES = {
         "{S} works for {employer}.",
         "{S} is currently employed by {employer}.",
         "{S} joined {employer} and has worked there ever since.",
-        "{Employer} employs {s} as a senior specialist.",
+        "{Employer} employs {N} as a senior specialist.",
         "These days {s} is on the staff of {employer}.",
     ],
     "employer_city": [
@@ -62,7 +62,7 @@ FACT_SENTENCES = {
 }
 
 FILLER = [
-    "Colleagues describe {s} as patient, curious and generous with {pos} time.",
+    "Colleagues describe {N} as patient, curious and generous with {pos} time.",
     "In {pos} spare time, {s} enjoys hiking, reading and long walks by the water.",
     "{S} is known for keeping meticulous notebooks about every project.",
     "Friends say that {s} rarely misses the Sunday market.",
@@ -72,14 +72,14 @@ FILLER = [
     "{S} believes that good work comes from asking simple questions.",
     "A keen cyclist, {s} often rides to meetings when the weather allows.",
     "{S} has given talks at schools about finding a career one loves.",
-    "Those who know {s} mention a dry sense of humour and a love of puzzles.",
+    "Those who know {N} mention a dry sense of humour and a love of puzzles.",
     "{S} collects old maps and keeps a few of them framed at home.",
     "Every winter, {s} spends a week skiing in the mountains with friends.",
     "{S} writes a short newsletter for friends about recent reading.",
     "Cooking for large groups is one of {pos} favourite ways to relax.",
     "{S} says the best advice {pron} ever received was to stay curious.",
     "{S} learned to sail as a teenager and still sails most summers.",
-    "Neighbours know {s} as the person who looks after everyone's plants.",
+    "Neighbours know {N} as the person who looks after everyone's plants.",
 ]
 
 # ---------------------------------------------------------------- templates

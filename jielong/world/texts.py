@@ -63,6 +63,24 @@ ARTICLE_TOPICS = {
     ],
 }
 
+# Reader notes make each article its own: without them two articles on one topic share most
+# sentences and are, rightly, near-duplicates.
+READER_NOTES = [
+    "A reader from {city}, {name}, wrote in to say that this worked for {pron} after {n} attempts.",
+    "{name} in {city} suggests keeping a checklist taped to the fridge.",
+    "We tried this ourselves over {n} weekends and the results were better than expected.",
+    "In {city} the local council runs a free workshop on this every {weekday}.",
+    "One of our editors, {name}, swears by doing it first thing on a {weekday} morning.",
+    "According to a survey of {n} readers, most people give up too early.",
+    "{name} from {city} points out that patience matters more than equipment.",
+    "A shop in {city} told us that questions about this have doubled since last year.",
+    "Our notes from {city} show that {n} minutes a day is enough to see progress.",
+    "If you live near {city}, the {weekday} market is a good place to ask for advice.",
+    "{name} reminded us that the first attempt is rarely the best one.",
+    "After {n} letters on the subject, we decided to update this guide.",
+]
+WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+
 AD_TEXT = [
     "MEGA SUMMER SALE! Up to 70% off everything in store, this weekend only.",
     "Shop the best deals on shoes, jackets and accessories before they are gone.",

@@ -35,7 +35,7 @@ def write_shard(path: Path, pages: list, rng: random.Random, crawl_date: dt.date
     with atomic_file(path) as tmp, open(tmp, "wb") as out:
         writer = WARCWriter(out, gzip=True)
         info = writer.create_warcinfo_record(path.name, {
-            "software": software, "format": "WARC File Format 1.1", "isPartOf": "jielong-world-crawl",
+            "software": software, "format": "WARC File Format 1.0", "isPartOf": "jielong-world-crawl",
             "robots": "obey",
         })
         info.rec_headers.replace_header("WARC-Record-ID", record_id(rng))

@@ -1,0 +1,113 @@
+"""Shared plumbing: params validation, atomic writes, expectations, metrics, profiles."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import yaml
+
+from jielong.checks import ExpectationFailed, expect, gx
+from jielong.io import atomic_dir, atomic_file
+from jielong.metrics import flatten, write_metrics
+from jielong.params import ParamsError, load, load_all
+from jielong.profile import apply, merge
+
+from .conftest import REPO
+
+
+def test_repository_params_are_valid():
+    load_all(REPO / "params.yaml")
+
+
+def test_bad_param_names_file_param_and_value(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump({"world": {"known_people": -3}}))
+    with pytest.raises(ParamsError) as err:
+        load("world", p)
+    msg = str(err.value)
+    assert str(p) in msg and "world.known_people" in msg and "-3" in msg
+
+
+def test_unknown_param_is_rejected(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump({"world": {"known_peeple": 3}}))
+    with pytest.raises(ParamsError, match="world.known_peeple"):
+        load("world", p)
+
+
+def test_missing_params_file(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load("world", tmp_path / "nope.yaml")
+
+
+def test_atomic_file_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.json"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_file(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_atomic_dir_replaces_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "d"
+    with atomic_dir(target) as tmp:
+        (tmp / "a").write_text("1")
+    assert (target / "a").read_text() == "1"
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "b").write_text("2")
+        raise RuntimeError("killed")
+    assert sorted(p.name for p in target.iterdir()) == ["a"]
+    with atomic_dir(target) as tmp:
+        (tmp / "c").write_text("3")
+    assert sorted(p.name for p in target.iterdir()) == ["c"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
+def test_expectation_failure_names_artifact_expectation_and_observed_value():
+    df = pd.DataFrame({"id": ["a", "b", "b"], "n": [1, 2, 99]})
+    with pytest.raises(ExpectationFailed) as err:
+        expect("data/x.parquet", df, [
+            gx.expectations.ExpectColumnValuesToBeUnique(column="id"),
+            gx.expectations.ExpectColumnMaxToBeBetween(column="n", max_value=10),
+        ])
+    msg = str(err.value)
+    assert "data/x.parquet" in msg and "2 expectation(s) failed" in msg
+    assert "expect_column_values_to_be_unique" in msg and "'b'" in msg
+    assert "expect_column_max_to_be_between" in msg and "99" in msg
+
+
+def test_expectations_pass_quietly():
+    expect("ok", pd.DataFrame({"id": [1, 2]}), [gx.expectations.ExpectColumnValuesToBeUnique(column="id")])
+
+
+def test_metrics_are_flat_and_finite(tmp_path):
+    assert flatten({"removed": {"url": 3, "lang": {"de": 1}}, "ok": True}) == {
+        "ok": 1, "removed.lang.de": 1, "removed.url": 3}
+    path = tmp_path / "m.json"
+    write_metrics(path, {"a": {"b": 1.5}})
+    assert json.loads(path.read_text()) == {"a.b": 1.5}
+    with pytest.raises(ExpectationFailed, match=r"a\.nan=nan"):
+        write_metrics(tmp_path / "bad.json", {"a": {"nan": math.nan}})
+    assert not (tmp_path / "bad.json").exists()
+    with pytest.raises(TypeError, match="'s'"):
+        flatten({"s": "text"})
+
+
+def test_profiles_merge_and_validate(tmp_path):
+    assert merge({"a": {"b": 1, "c": 2}}, {"a": {"b": 5}}) == {"a": {"b": 5, "c": 2}}
+    params = tmp_path / "params.yaml"
+    params.write_text((REPO / "params.yaml").read_text())
+    merged = apply("tiny", params)
+    assert load("world", params).known_people == merged["world"]["known_people"] < 200
+    with pytest.raises(ParamsError, match="available"):
+        apply("nope", params)
+    bad = tmp_path / "profiles"
+    bad.mkdir()
+    (bad / "broken.yaml").write_text("world: {known_people: 0}\n")
+    with pytest.raises(Exception, match="known_people"):
+        apply("broken", params, profiles=bad)

@@ -1,0 +1,208 @@
+"""The world generator: determinism, counts, disjointness, every planted kind present and labelled."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import re
+from collections import Counter
+from pathlib import Path
+
+import polars as pl
+import pytest
+from warcio.archiveiterator import ArchiveIterator
+
+from jielong.world.crawl import KINDS, blocklisted_domains
+from jielong.world.people import ATTRIBUTES, QUESTIONS
+from stages.world import build, main
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_gives_byte_identical_outputs(tiny_world_dir, tmp_path):
+    params = tiny_world_dir / "params.yaml"
+    main(["--out", str(tmp_path / "world"), "--metrics", str(tmp_path / "world.json"), "--params", str(params)])
+    assert _digest(tmp_path / "world") == _digest(tiny_world_dir / "world")
+    assert (tmp_path / "world.json").read_bytes() == (tiny_world_dir / "world.json").read_bytes()
+
+
+def test_another_seed_gives_another_world(tiny):
+    a = build(tiny.world)[1]
+    b = build(tiny.world.model_copy(update={"seed": tiny.world.seed + 1}))[1]
+    assert [p.name for p in a] != [p.name for p in b]
+
+
+def test_people_counts_and_splits(tiny, tiny_world):
+    people, questions, _, _ = tiny_world
+    w = tiny.world
+    assert sum(p.known for p in people) == w.known_people
+    assert sum(not p.known for p in people) == w.unknown_people
+    assert len({p.name for p in people}) == len(people), "names must be unique"
+    for known in (True, False):
+        group = [p for p in people if p.known == known]
+        assert {p.split for p in group} == {"eval", "train"}
+    # questions: one per person and attribute, eval and train people disjoint
+    assert len(questions) == len(people) * len(ATTRIBUTES)
+    eval_people = {q["person_id"] for q in questions if q["split"] == "eval"}
+    train_people = {q["person_id"] for q in questions if q["split"] == "train"}
+    assert eval_people and train_people and not eval_people & train_people
+    for q in questions:
+        assert q["choices"][q["gold_index"]] == q["answer"]
+        assert len(set(q["choices"])) == tiny.world.choices
+
+
+def test_attributes_are_consistent_across_pages(tiny_world):
+    """Every page about a person states that person's own attribute values, never someone else's."""
+    people, _, records, _ = tiny_world
+    by_id = {p.person_id: p for p in people}
+    for r in records:
+        if r.kind in ("good", "pii"):
+            person = by_id[r.page.person_id]
+            text = r.page.text.lower()
+            for attribute in ATTRIBUTES:
+                value = getattr(person, attribute).lower().removeprefix("the ")
+                if attribute == "birth_date":  # one phrasing splits it: "on March 3, having been born in 1987"
+                    day, _, year = value.rpartition(", ")
+                    assert value in text or (day in text and year in text), r.page.url
+                else:
+                    assert value in text, (attribute, r.page.url)
+
+
+def test_unknown_people_never_appear_in_any_page(tiny_world):
+    people, _, records, heldout = tiny_world
+    unknown = [p.name for p in people if not p.known]
+    corpus = "\n".join(r.page.html for r in records) + "\n".join(p.html for p in heldout)
+    assert not [name for name in unknown if name in corpus]
+
+
+def test_every_planted_kind_is_present_and_labelled(tiny, tiny_world):
+    _, _, records, _ = tiny_world
+    kinds = Counter(r.kind for r in records)
+    assert set(kinds) == set(KINDS)
+    d = tiny.world.dirt
+    assert kinds["exact_duplicate"] == d.ad_copies + d.syndicated
+    assert kinds["near_duplicate"] == d.near_duplicates
+    assert kinds["low_quality"] == d.low_quality
+    assert kinds["foreign"] == d.foreign
+    assert kinds["pii"] == d.pii
+    assert kinds["blocklisted"] == d.blocklisted
+    assert kinds["leak"] == d.leaks
+    assert kinds["good"] == tiny.world.known_people * tiny.world.pages_per_person
+    subkinds = Counter((r.kind, r.subkind) for r in records)
+    for sub in ("keyword_spam", "symbol_soup", "very_short", "repeated_lines"):
+        assert subkinds[("low_quality", sub)] > 0
+    for sub in ("date", "tracking", "sentence"):
+        assert subkinds[("near_duplicate", sub)] > 0
+    assert {r.page.language for r in records if r.kind == "foreign"} >= {"zh", "de", "fr"}
+
+
+def test_exact_duplicates_are_identical_and_near_duplicates_are_not(tiny_world):
+    _, _, records, _ = tiny_world
+    by_url = {r.page.url: r for r in records}
+    ads = [r for r in records if r.subkind == "advertisement"]
+    assert len({r.page.html for r in ads}) == 1 and len({r.page.url for r in ads}) == len(ads)
+    assert sorted(r.dup_rank for r in ads) == list(range(len(ads)))
+    for r in records:
+        if r.subkind == "syndicated":
+            assert r.page.html == by_url[r.dup_group].page.html
+        if r.kind == "near_duplicate":
+            original = by_url[r.dup_group]
+            assert r.page.html != original.page.html
+            assert original.kind == "good" and r.dup_rank == 1
+
+
+def test_pii_values_are_in_the_pages(tiny_world):
+    _, _, records, _ = tiny_world
+    pii = [r for r in records if r.kind == "pii"]
+    assert pii
+    for r in pii:
+        assert {v["type"] for v in r.pii} == {"email", "phone", "ip"}
+        for value in r.pii:
+            assert value["value"] in r.page.html
+
+
+def test_blocklisted_domains_come_from_datatrove_block_list(tiny_world):
+    from datatrove.data import Document
+    from datatrove.pipeline.filters import URLFilter
+
+    _, _, records, _ = tiny_world
+    urls = [r.page.url for r in records if r.kind == "blocklisted"]
+    assert urls
+    url_filter = URLFilter()
+    for url in urls:
+        verdict = url_filter.filter(Document(text="x", id="x", metadata={"url": url}))
+        assert verdict is not True, f"{url} passes datatrove's URL filter"
+
+
+def test_blocklisted_domains_zero():
+    import random
+
+    assert blocklisted_domains(random.Random(0), 0) == []
+
+
+def test_leaks_quote_eval_questions_and_nothing_else_does(tiny_world):
+    _, questions, records, _ = tiny_world
+    by_qid = {q["qid"]: q for q in questions}
+    leaked = [qid for r in records for qid in r.leaked_qids]
+    assert leaked
+    for r in records:
+        for qid in r.leaked_qids:
+            q = by_qid[qid]
+            assert q["split"] == "eval" and q["known"]
+            assert q["question"] in r.page.text and q["answer"] in r.page.text
+    # the question phrasings never appear outside leak pages: decontamination stays measurable
+    patterns = [re.escape(t.split("{name}")[0]) for t in QUESTIONS.values()]
+    question_like = re.compile("|".join(p for p in patterns if p))
+    for r in records:
+        if r.kind != "leak":
+            assert not question_like.search(r.page.text), r.page.url
+
+
+def test_written_artifacts(tiny, tiny_world_dir):
+    root = tiny_world_dir / "world"
+    truth = pl.read_parquet(root / "truth.parquet")
+    kb = pl.read_parquet(root / "kb.parquet")
+    questions = pl.read_parquet(root / "questions.parquet")
+    assert pl.read_parquet(root / "heldout.parquet").height == tiny.world.heldout_pages
+    assert kb.height == tiny.world.known_people + tiny.world.unknown_people
+    assert questions.height == kb.height * len(ATTRIBUTES)
+    # every WARC response record is in the ground truth, with a real HTTP header and HTML body
+    shards = sorted((root / "crawl").glob("*.warc.gz"))
+    assert len(shards) == tiny.world.warc_shards
+    seen = {}
+    for shard in shards:
+        with open(shard, "rb") as f:
+            for rec in ArchiveIterator(f):
+                if rec.rec_type == "response":
+                    assert rec.http_headers.get_statuscode() == "200"
+                    assert rec.http_headers.get_header("Content-Type").startswith("text/html")
+                    body = rec.content_stream().read().decode("utf-8")
+                    assert body.startswith("<!DOCTYPE html>") and "cookie" in body
+                    seen[rec.rec_headers.get_header("WARC-Record-ID")] = rec.rec_headers.get_header("WARC-Target-URI")
+    assert dict(zip(truth["record_id"], truth["url"], strict=True)) == seen
+    # gzip members are real gzip (one per record)
+    with gzip.open(shards[0]) as f:
+        assert f.read(8) == b"WARC/1.0"
+
+
+def test_metrics_count_everything(tiny, tiny_world_dir):
+    import json
+
+    m = json.loads((tiny_world_dir / "world.json").read_text())
+    assert m["people.known"] == tiny.world.known_people
+    assert m["pages.total"] == sum(m[f"pages.{k}"] for k in KINDS)
+    assert m["exact_duplicate_copies"] == tiny.world.dirt.ad_copies - 1 + tiny.world.dirt.syndicated
+    assert m["pii_values"] == 3 * tiny.world.dirt.pii
+    assert m["leaked_questions"] == tiny.world.dirt.leaks * tiny.world.dirt.questions_per_leak
+
+
+def test_too_many_people_is_a_clear_error(tiny):
+    import random
+
+    from jielong.world.people import make_people
+
+    with pytest.raises(ValueError, match="exceeds"):
+        make_people(random.Random(0), 10**6, 1, 0.5)
