@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None) -> None:
     train_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     if p.compile and device.type == "cuda":
         train_model = torch.compile(train_model)
-    vals = val_batches(val_tokens, ctx, p.batch_size, p.eval_batches)
+    # validation windows depend on the global batch, not the process count, so DDP and one process agree
+    vals = val_batches(val_tokens, ctx, p.batch_size * world, p.eval_batches)
     fpt = flops_per_token(config, ctx)
     peak, peak_source = peak_flops(device) if main_proc else (0.0, "")
     log.info("model %.2fM params (%.2fM non-embedding), %.1f MFLOP/token; %d seqs x %d tokens per step, %d steps; "

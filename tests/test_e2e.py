@@ -58,9 +58,16 @@ def test_repro_produces_every_declared_output(tiny_repo):
     assert len(list((tiny_repo / "data/world/crawl").glob("*.warc.gz"))) == 2
     metrics = json.loads((tiny_repo / "metrics/world.json").read_text())
     assert metrics["people.known"] == 40
+    for name in ("corpus", "decontam", "tokenizer", "pretrain", "eval/base"):
+        assert (tiny_repo / f"metrics/{name}.json").exists(), name
+    base = tiny_repo / "data/models/base"
+    assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json"} <= {
+        p.name for p in base.iterdir()}
+    evals = json.loads((tiny_repo / "metrics/eval/base.json").read_text())
+    assert 0.0 <= evals["world_facts_mc.acc"] <= 1.0 and "world_facts_mc.acc_stderr" in evals
     # data/ is DVC's, never git's
-    ignored = run(["git", "check-ignore", "data/world"], tiny_repo)
-    assert "data/world" in ignored
+    for out in ("data/world", "data/corpus", "data/tokens", "data/models/base"):
+        assert out in run(["git", "check-ignore", out], tiny_repo)
 
 
 def test_second_repro_runs_nothing(tiny_repo):

@@ -109,6 +109,7 @@ def test_ddp_two_processes_match_one_process(trained, tmp_path, tiny_tokens_dir,
     single = json.loads((trained / "pretrain.json").read_text())
     assert m["processes"] == 2 and m["tokens"] == single["tokens"]
     assert m["val_loss"] == pytest.approx(single["val_loss"], rel=1e-3)
+    assert m["train_loss"] == pytest.approx(single["train_loss"], rel=1e-3)
     a = load_file(trained / "model" / "model.safetensors")
     b = load_file(root / "model" / "model.safetensors")
     assert all(torch.allclose(a[k], b[k], atol=1e-3) for k in a)

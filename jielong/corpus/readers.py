@@ -128,7 +128,7 @@ class _ResolvedFiles:
             self.update_doc_stats(doc)
             yield doc
 
-    def skip(self, reason: str, filepath: str, detail: str = "", loud: bool = False) -> None:
+    def count_skip(self, reason: str, filepath: str, detail: str = "", loud: bool = False) -> None:
         self.stat_update("skipped", f"skipped_{reason}")
         message = f"skipped ({reason}) in {filepath}{': ' + detail if detail else ''}"
         if loud:
@@ -154,13 +154,13 @@ class WarcInput(_ResolvedFiles, WarcReader):
                         data = self.record(record, filepath)
                         document = self.get_document_from_dict(data, filepath, index) if data else None
                     if data and document is None:
-                        self.skip("no_text", filepath, f"record {index}")
+                        self.count_skip("no_text", filepath, f"record {index}")
                     if document:
                         yield document
         except (EOFError, zlib.error) as err:
-            self.skip("truncated_file", filepath, f"after record {index}: {err}", loud=True)
+            self.count_skip("truncated_file", filepath, f"after record {index}: {err}", loud=True)
         except (ArchiveLoadFailed, ValueError, OSError) as err:
-            self.skip("malformed", filepath, f"after record {index}, rest of file unreadable: {err}", loud=True)
+            self.count_skip("malformed", filepath, f"after record {index}, rest of file unreadable: {err}", loud=True)
 
     def record(self, record, filepath: str) -> dict | None:
         """datatrove's process_record, with every skip counted."""
@@ -168,7 +168,7 @@ class WarcInput(_ResolvedFiles, WarcReader):
             return None  # warcinfo, request, metadata: not documents
         length = int(record.rec_headers.get_header("Content-Length") or 0)
         if length > self.max_doc_bytes:
-            self.skip("too_large", filepath, f"{length} bytes")
+            self.count_skip("too_large", filepath, f"{length} bytes")
             return None
         mime = record.rec_headers.get_header("WARC-Identified-Payload-Type")
         content = record.content_stream().read()
@@ -178,11 +178,11 @@ class WarcInput(_ResolvedFiles, WarcReader):
             mime = magic.from_buffer(content[:8192], mime=True)
         is_text = record.rec_type == "conversion" and mime == "text/plain"
         if mime not in HTML_TYPES and not is_text:
-            self.skip("not_html", filepath, mime)
+            self.count_skip("not_html", filepath, mime)
             return None
         text = decode(content)
         if text is None:
-            self.skip("undecodable", filepath, record.rec_headers.get_header("WARC-Target-URI") or "")
+            self.count_skip("undecodable", filepath, record.rec_headers.get_header("WARC-Target-URI") or "")
             return None
         headers = record.rec_headers
         data = {"text": text, "id": headers.get_header("WARC-Record-ID"), "url": headers.get_header("WARC-Target-URI"),
@@ -207,14 +207,14 @@ class JsonlInput(_ResolvedFiles, JsonlReader):
                     if document:
                         yield document
         except (EOFError, zlib.error, OSError) as err:
-            self.skip("truncated_file", filepath, f"after line {index}: {err}", loud=True)
+            self.count_skip("truncated_file", filepath, f"after line {index}: {err}", loud=True)
 
     def line(self, raw: bytes, filepath: str, index: int):
         import orjson
 
         where = f"line {index}"
         if len(raw) > self.max_doc_bytes:
-            self.skip("too_large", filepath, f"{where}: {len(raw)} bytes")
+            self.count_skip("too_large", filepath, f"{where}: {len(raw)} bytes")
             return None
         try:
             data = orjson.loads(raw)  # orjson rejects invalid UTF-8 with its own error
@@ -222,16 +222,16 @@ class JsonlInput(_ResolvedFiles, JsonlReader):
             try:
                 raw.decode("utf-8")
             except UnicodeDecodeError:
-                self.skip("undecodable", filepath, where)
+                self.count_skip("undecodable", filepath, where)
                 return None
-            self.skip("malformed", filepath, f"{where}: {err}")
+            self.count_skip("malformed", filepath, f"{where}: {err}")
             return None
         if not isinstance(data, dict):
-            self.skip("malformed", filepath, f"{where}: not a JSON object")
+            self.count_skip("malformed", filepath, f"{where}: not a JSON object")
             return None
         document = self.get_document_from_dict(data, filepath, index)
         if document is None:
-            self.skip("no_text", filepath, where)
+            self.count_skip("no_text", filepath, where)
         return document
 
 
@@ -253,16 +253,16 @@ class ParquetInput(_ResolvedFiles, ParquetReader):
                         if document:
                             yield document
         except (pa.ArrowException, OSError, EOFError) as err:
-            self.skip("unreadable_file", filepath, f"after row {index}: {err}", loud=True)
+            self.count_skip("unreadable_file", filepath, f"after row {index}: {err}", loud=True)
 
     def row(self, row: dict, filepath: str, index: int):
         text = row.get(self.text_key)
         if isinstance(text, str) and len(text.encode("utf-8", "replace")) > self.max_doc_bytes:
-            self.skip("too_large", filepath, f"row {index}")
+            self.count_skip("too_large", filepath, f"row {index}")
             return None
         document = self.get_document_from_dict(row, filepath, index)
         if document is None:
-            self.skip("no_text", filepath, f"row {index}")
+            self.count_skip("no_text", filepath, f"row {index}")
         return document
 
 
