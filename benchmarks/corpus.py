@@ -119,13 +119,15 @@ def text_of(doc) -> str:
 
 def offline_assets(root: Path) -> Path:
     """A private HF_ASSETS_CACHE holding what the reference would otherwise download or re-extract."""
+    from datatrove.io import strip_protocol
+    from datatrove.utils.lid import FT176LID
     from huggingface_hub import cached_assets_path
 
     from jielong.corpus.lid import bundled_model
 
     lid = root / "datatrove" / "lid" / "ft176"
     lid.mkdir(parents=True, exist_ok=True)
-    model = lid / "dl.fbaipublicfiles.com_fasttext_supervised-models_lid.176.bin"
+    model = lid / strip_protocol(FT176LID.MODEL_URL).replace("/", "_")  # as cached_asset_path_or_download names it
     shutil.copy(bundled_model(), model)
     Path(f"{model}.completed").touch()
     # datatrove extracts its URL block lists into the assets cache once per machine; reuse that copy
@@ -139,7 +141,7 @@ def offline_assets(root: Path) -> Path:
 # ---------------------------------------------------------------- runs
 def run(cmd: list[str], env: dict) -> float:
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
     if proc.returncode:
         sys.exit(f"failed: {' '.join(cmd)}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     return time.perf_counter() - start

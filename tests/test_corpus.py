@@ -17,10 +17,10 @@ import orjson
 import polars as pl
 import pytest
 import yaml
-from tests.conftest import REPO
 
 from jielong.corpus import CorpusError
 from jielong.corpus.readers import make_readers, resolve_inputs
+from tests.conftest import REPO
 
 TARGETS = {"recall": 0.95, "good_removed_rate": 0.02, "pii_recall": 0.99}
 
@@ -208,6 +208,20 @@ def test_funnel_names_the_step_that_removed_the_last_documents():
     check({**f, "removed": {**f["removed"], "language": 5}}, 2)
 
 
+def test_output_expectations_catch_pii_duplicates_and_languages():
+    from jielong.checks import ExpectationFailed
+    from jielong.params import CorpusParams
+    from stages.corpus import validate
+
+    p = CorpusParams()
+    validate(pl.DataFrame({"id": ["a", "b"], "text": ["Call <PHONE> on 2024-05-01.", "Fine."], "language": ["en", "en"]}),
+             p, "ok")
+    bad = pl.DataFrame({"id": ["a", "a"], "text": ["call +1 (913) 935-4773", "x.y@example.org, 10.0.0.1"],
+                        "language": ["en", "de"]})
+    with pytest.raises(ExpectationFailed, match=r"(?s)3 expectation\(s\) failed.*unique.*not_match_regex_list.*in_set"):
+        validate(bad, p, "bad")
+
+
 def test_slurm_executors_from_params(tmp_path, monkeypatch):
     """No Slurm here: a fake sbatch records the launch scripts datatrove writes from params."""
     from jielong.corpus.executors import Stage, slurm_executors
@@ -311,8 +325,8 @@ def test_resume_after_kill_gives_the_same_output(local_run, tiny_world_dir, tmp_
 
 
 def test_changed_params_start_a_fresh_work_dir(local_run, tiny_world_dir, tmp_path):
-    from stages.corpus import work_key
     from jielong.params import CorpusParams
+    from stages.corpus import work_key
 
     inputs = resolve_inputs([str(tiny_world_dir / "world" / "crawl" / "*.warc.gz")])
     base = CorpusParams()
@@ -321,6 +335,7 @@ def test_changed_params_start_a_fresh_work_dir(local_run, tiny_world_dir, tmp_pa
     assert work_key(base, inputs)[0] == work_key(same, inputs)[0] != work_key(other, inputs)[0]
 
 
+@pytest.mark.ray
 def test_ray_gives_the_same_output_as_local(local_run, tiny_world_dir, tmp_path):
     params = corpus_params(tiny_world_dir, tmp_path, executor="ray")
     log = run_stage(tmp_path, params, tmp_path / "work")

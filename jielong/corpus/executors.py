@@ -56,6 +56,10 @@ def run_stages(stages: list[Stage], p, logs: Path) -> None:
 def _local(stages: list[Stage], p) -> None:
     from datatrove.executor import LocalPipelineExecutor
 
+    # fork, not datatrove's default forkserver: a forkserver worker starts a fresh interpreter that
+    # imports the stage module (great-expectations, polars, ...) and every step again, 10-20 s a
+    # stage; a fork inherits them. The parent starts no threads before this (polars and GE are
+    # first used after the pipeline), so forking is safe.
     for stage in stages:
         start = _announce(stage)
         LocalPipelineExecutor(stage.pipeline, tasks=stage.tasks, workers=min(p.workers, stage.tasks),

@@ -26,13 +26,13 @@ import re
 import zlib
 from collections import defaultdict
 from dataclasses import dataclass
+from glob import has_magic
 from pathlib import PurePosixPath
 
 from datatrove.pipeline.readers import JsonlReader, ParquetReader, WarcReader
 from datatrove.utils.logging import logger
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
-from glob import has_magic
 
 from jielong.corpus import CorpusError
 

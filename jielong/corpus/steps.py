@@ -122,6 +122,11 @@ class HtmlExtractor(Trafilatura):
     """
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        # The sandbox forks a process that must answer its warm-up within `timeout`; importing
+        # trafilatura there (1-2 s on a busy machine) made the first pages of a task time out and be
+        # dropped. Imported here, the fork inherits it.
+        import trafilatura  # noqa: F401
+
         with ExtractorSandbox(timeout=self.timeout, warmup_text="") as extractor:
             for doc in data:
                 self.stat_update(StatHints.total)
