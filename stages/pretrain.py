@@ -12,6 +12,7 @@ CPU in deterministic mode). A NaN or inf loss stops the run naming the step; not
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
         loss_sum = torch.zeros((), device=device)
         for i, mb in enumerate(micro):
             sync = i == len(micro) - 1
-            ctx_mgr = train_model.no_sync() if (world > 1 and not sync) else _null()
+            ctx_mgr = train_model.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
             with ctx_mgr:
                 loss = loss_of(train_model, mb, device, bf16) / p.grad_accum
                 loss.backward()
@@ -227,14 +228,6 @@ def main(argv: list[str] | None = None) -> None:
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def finish(args, p, model, tok, state: dict, fpt: float, peak: float, peak_source: str, world: int) -> None:
