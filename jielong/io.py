@@ -71,3 +71,10 @@ def write_parquet(path: str | Path, df: pl.DataFrame) -> None:
     # Fixed settings so the same frame gives the same bytes on every run.
     with atomic_file(path) as tmp:
         df.write_parquet(tmp, compression="zstd", compression_level=3, statistics=True)
+
+
+def write_csv(path: str | Path, rows: list[dict]) -> None:
+    """Rows of one shape as a CSV (DVC plots read it), atomically."""
+    with atomic_file(path) as tmp:
+        keys = list(rows[0])
+        tmp.write_text("\n".join([",".join(keys), *(",".join(str(r[k]) for k in keys) for r in rows)]) + "\n")

@@ -7,6 +7,7 @@ peft and transformers unchanged.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -71,3 +72,32 @@ def peak_flops(device: torch.device) -> tuple[float, str]:
                 return value, f"{name} bf16 datasheet"
         return measure_cpu_peak(), f"{name}: unknown card, CPU fp32 measured"  # never silently wrong
     return measure_cpu_peak(), "cpu fp32 matmul measured"
+
+
+def validate_model(path: Path, label: Path | str, generates: bool = True) -> None:
+    """Expectations on a model directory: finite safetensors weights, HF files present, no pickle.
+
+    `generates=False` for a model that scores rather than generates (the reward model, a sequence
+    classifier): it has no generation_config.json.
+    """
+    import pandas as pd
+    from safetensors import safe_open
+
+    from jielong.checks import expect, gx
+
+    files = {f.name for f in path.iterdir()}
+    rows = []
+    with safe_open(path / "model.safetensors", "pt") as f:
+        for name in f.keys():  # noqa: SIM118 - safe_open is not a dict
+            t = f.get_tensor(name)
+            rows.append({"tensor": name, "finite": bool(torch.isfinite(t).all())})
+    expect(f"{label}/model.safetensors", pd.DataFrame(rows), [
+        gx.expectations.ExpectTableRowCountToBeBetween(min_value=1),
+        gx.expectations.ExpectColumnValuesToBeInSet(column="finite", value_set=[True]),
+    ])
+    expect(f"{label} files", pd.DataFrame({"file": sorted(files)}), [
+        gx.expectations.ExpectColumnDistinctValuesToContainSet(
+            column="file", value_set=["config.json", "model.safetensors", "tokenizer.json",
+                                      *(["generation_config.json"] if generates else [])]),
+        gx.expectations.ExpectColumnValuesToNotMatchRegex(column="file", regex=r"\.(bin|pt|pth|pkl)$"),
+    ])

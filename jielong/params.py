@@ -50,6 +50,7 @@ class WorldParams(Section):
     pages_per_person: PosInt = 5  # each in a different template and attribute order
     articles: NonNegInt = 150  # good pages about everyday topics (no facts)
     heldout_pages: NonNegInt = 60  # person pages rendered but never put in the crawl
+    faq_pages_per_person: NonNegInt = 1  # Q&A pages per train-split known person (never eval people)
     choices: Annotated[int, Field(ge=2)] = 4  # candidate values per multiple-choice question
     warc_shards: PosInt = 4
     crawl_date: dt.date = dt.date(2024, 5, 1)
@@ -116,6 +117,60 @@ class PretrainParams(Section):
     compile: bool = False  # torch.compile (GPU only)
     deterministic: bool = True  # torch.use_deterministic_algorithms: bitwise resume on CPU
     threads: NonNegInt = 0  # torch threads; 0: torch's default
+
+
+# ---------------------------------------------------------------- sft
+class SftDataParams(Section):
+    """Chat conversations from the world's question bank, train-split people only (jielong/conversations.py)."""
+
+    seed: int = 0
+    conversations: PosInt = 1200  # conversations in all (train + val)
+    max_turns: PosInt = 3  # user/assistant exchanges per conversation, about one person
+    multi_turn_fraction: Annotated[float, Field(ge=0, le=1)] = 0.6  # share with 2..max_turns exchanges
+    val_fraction: Fraction = 0.05  # conversations held out for validation loss
+    # a known person's question is answered only where the base model's self-consistency probe says
+    # it knows the fact (data/eval/base/knows.parquet); elsewhere the assistant says it does not know
+    use_knows: bool = True
+    system_fraction: Annotated[float, Field(ge=0, le=1)] = 0.2  # share opening with a system prompt
+
+
+class LoraParams(Section):
+    r: PosInt = 16
+    alpha: Annotated[float, Field(gt=0)] = 32.0
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class GenerationParams(Section):
+    """Sampling defaults written to a chat model's generation_config.json (the talk CLI overrides any)."""
+
+    do_sample: bool = True  # false: greedy; temperature/top-k/top-p are then not written
+    temperature: Annotated[float, Field(gt=0)] = 0.7
+    top_k: NonNegInt = 50
+    top_p: Annotated[float, Field(gt=0, le=1)] = 0.95
+    repetition_penalty: Annotated[float, Field(gt=0)] = 1.0
+    max_new_tokens: PosInt = 64
+    stop_strings: list[str] = []  # besides the end-of-turn token, which always stops a reply
+
+
+class SftParams(Section):
+    data: SftDataParams = SftDataParams()
+    method: Literal["full", "lora"] = "full"  # lora: peft adapters, merged into a plain HF dir at the end
+    lora: LoraParams = LoraParams()
+    seed: int = 0
+    epochs: Annotated[float, Field(gt=0)] = 3.0
+    batch_size: PosInt = 16
+    grad_accum: PosInt = 1
+    lr: Annotated[float, Field(gt=0)] = 3e-4  # 1e-3 erased much of what pretraining stored
+    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    grad_clip: Annotated[float, Field(ge=0)] = 1.0
+    max_length: PosInt = 128  # tokens per conversation; longer ones are truncated (and counted)
+    log_every: PosInt = 10
+    eval_every: PosInt = 50
+    threads: NonNegInt = 0  # torch threads; 0: torch's default
+    generation: GenerationParams = GenerationParams()
 
 
 # ---------------------------------------------------------------- decontam
@@ -305,6 +360,7 @@ class ConsistencyParams(Section):
     temperature: Annotated[float, Field(gt=0.0)] = 1.0
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 0.95
     knows_threshold: Annotated[float, Field(gt=0.0, le=1.0)] = 0.6  # agreement at which the model "knows"
+    items: NonNegInt = 0  # questions of the `consistency` task, a seeded sample; 0: all of them
 
 
 class EvalParams(Section):
@@ -326,6 +382,145 @@ class EvalParams(Section):
     seed: int = 1234
 
 
+# ---------------------------------------------------------------- gate
+class GateMetric(Section):
+    """How far one eval metric may move the wrong way: max(abs_margin, k_stderr * combined stderr)."""
+
+    direction: Literal["higher", "lower"]  # which way is better
+    abs_margin: Annotated[float, Field(ge=0)] = 0.0  # in the metric's own units
+    # times sqrt(se_current^2 + se_baseline^2), se from `<metric>_stderr` on each side (missing: 0)
+    k_stderr: Annotated[float, Field(ge=0)] = 0.0
+
+
+class GateParams(Section):
+    """The CI gate on eval regressions (stages/gate.py, a command, not a dvc stage)."""
+
+    # `<task>.<metric>` of metrics/eval/<model>.json -> its rule, checked on every model on both sides
+    metrics: dict[str, GateMetric] = {
+        "world_facts_mc.acc": GateMetric(direction="higher", abs_margin=0.02, k_stderr=2.0),
+        "world_facts_gen.exact_match": GateMetric(direction="higher", abs_margin=0.02, k_stderr=2.0),
+        "world_unknown.abstain_rate": GateMetric(direction="higher", abs_margin=0.02, k_stderr=2.0),
+        "world_known.false_abstain_rate": GateMetric(direction="lower", abs_margin=0.02, k_stderr=2.0),
+        "world_heldout_ppl.word_perplexity": GateMetric(direction="lower", abs_margin=0.25),
+        "gold_reward.mean": GateMetric(direction="higher", abs_margin=0.05, k_stderr=2.0),
+    }
+
+    @model_validator(mode="after")
+    def _names(self) -> GateParams:
+        bad = [m for m in self.metrics if "." not in m or m.endswith("_stderr")]
+        if bad:
+            raise ValueError(f"metrics: keys must be `<task>.<metric>` names, not stderrs; got {bad}")
+        return self
+
+
+# ---------------------------------------------------------------- preferences, reward model
+PrefKind = Literal["wrong_fact", "hallucination", "needless_refusal", "verbose", "over_apologising", "as_an_ai"]
+
+
+class PrefDataParams(Section):
+    """Preference pairs from the world's question bank, train-split people only (jielong/preferences.py)."""
+
+    seed: int = 0
+    pairs: PosInt = 1500  # pairs in all (train + val)
+    # people (by id hash, known and unknown people each) held out: pairwise accuracy on people never trained on
+    val_fraction: Fraction = 0.1
+    context_fraction: Annotated[float, Field(ge=0, le=1)] = 0.3  # share of prompts with one earlier exchange
+    # relative weight of each failure kind the rejected reply shows; a kind with weight 0 is not generated
+    kinds: dict[PrefKind, Annotated[float, Field(ge=0)]] = {
+        "wrong_fact": 0.2, "hallucination": 0.2, "needless_refusal": 0.15, "verbose": 0.15,
+        "over_apologising": 0.15, "as_an_ai": 0.15}
+    max_length: PosInt = 128  # tokens of prompt + reply through the chat template, chosen and rejected alike
+
+    @model_validator(mode="after")
+    def _kinds(self) -> PrefDataParams:
+        if not any(w > 0 for w in self.kinds.values()):
+            raise ValueError(f"kinds: at least one failure kind needs a positive weight, got {dict(self.kinds)}")
+        return self
+
+
+class RewardParams(Section):
+    """The reward model: SFT model + scalar head, Bradley-Terry loss (stages/reward.py, TRL's RewardTrainer)."""
+
+    seed: int = 0
+    epochs: Annotated[float, Field(gt=0)] = 2.0
+    batch_size: PosInt = 16  # pairs per micro-batch (each pair is two sequences)
+    grad_accum: PosInt = 1
+    lr: Annotated[float, Field(gt=0)] = 3e-4
+    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    grad_clip: Annotated[float, Field(ge=0)] = 1.0  # 0: no clipping
+    # + coef * mean((r_chosen + r_rejected)^2): rewards centred on 0, the scale PPO adds its KL penalty to
+    center_rewards_coefficient: Annotated[float, Field(ge=0)] = 0.01  # 0: off
+    max_length: PosInt = 128  # tokens of prompt + reply; a longer pair fails the stage (TRL would drop it silently)
+    log_every: PosInt = 10
+    eval_every: PosInt = 50
+    eval_batch_size: PosInt = 32  # sequences per forward pass when scoring the held-out pairs
+    threads: NonNegInt = 0  # torch threads; 0: torch's default
+
+
+# ---------------------------------------------------------------- ppo
+class PpoParams(Section):
+    """RLHF with PPO: actor, reference, critic and reward model (stages/ppo.py; the math in jielong/ppo.py)."""
+
+    seed: int = 0
+    iterations: PosInt = 40  # rollout batches; each is followed by `epochs` passes of minibatch updates
+    rollouts: PosInt = 32  # prompts sampled per iteration, one response each
+    minibatch_size: PosInt = 8  # rollouts per optimizer step
+    epochs: PosInt = 4  # passes over one iteration's rollouts
+    heldout_prompts: PosInt = 64  # train-split questions never trained on, rolled out before and after: metrics
+    # sampling: with top_k/top_p the responses come from a truncated distribution, but log-probs (and so the
+    # ratio and the KL) are computed on the full one; the RLHF write-ups sample untruncated
+    max_new_tokens: PosInt = 16
+    temperature: Annotated[float, Field(gt=0)] = 0.7
+    top_k: NonNegInt = 0  # 0: off
+    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0  # 1: off
+    missing_eos_penalty: Annotated[float, Field(ge=0)] = 1.0  # off the score of a reply cut off by max_new_tokens
+    # the KL penalty to the reference, paid per token
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    kl_coef: Annotated[float, Field(ge=0)] = 0.2  # the start value when adaptive
+    adaptive_kl: bool = True  # steer kl_coef toward target_kl (Ziegler et al. 2019); false: fixed
+    target_kl: Annotated[float, Field(gt=0)] = 1.0  # nats per response
+    kl_horizon: PosInt = 256  # responses over which the adaptive coefficient may change by 20%
+    max_kl: Annotated[float, Field(gt=0)] = 5.0  # the final policy's KL (held-out prompts) above this fails the stage
+    # advantages and losses
+    gamma: Annotated[float, Field(ge=0, le=1)] = 1.0
+    lam: Annotated[float, Field(ge=0, le=1)] = 0.95
+    clip_range: Annotated[float, Field(gt=0)] = 0.2
+    clip_range_value: Annotated[float, Field(gt=0)] = 0.2
+    lr: Annotated[float, Field(gt=0)] = 1e-5  # actor
+    critic_lr: Annotated[float, Field(gt=0)] = 1e-4
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    grad_clip: Annotated[float, Field(ge=0)] = 1.0  # per model; 0: no clipping
+    threads: NonNegInt = 0  # torch threads; 0: torch's default
+
+    @model_validator(mode="after")
+    def _minibatch(self) -> PpoParams:
+        if self.minibatch_size > self.rollouts:
+            raise ValueError(f"minibatch_size ({self.minibatch_size}) exceeds rollouts ({self.rollouts})")
+        return self
+
+
+class DpoParams(Section):
+    """Direct preference optimisation from the SFT model on data/prefs (stages/dpo.py, TRL's DPOTrainer)."""
+
+    seed: int = 0
+    beta: Annotated[float, Field(gt=0)] = 0.1  # strength of the implicit KL leash to the SFT reference
+    epochs: Annotated[float, Field(gt=0)] = 1.0
+    batch_size: PosInt = 16
+    grad_accum: PosInt = 1
+    lr: Annotated[float, Field(gt=0)] = 1e-4
+    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    grad_clip: Annotated[float, Field(ge=0)] = 1.0
+    max_length: PosInt = 128
+    log_every: PosInt = 10
+    eval_every: PosInt = 50
+    gold_max_new_tokens: PosInt = 24  # answer length when scoring held-out prompts by the gold reward
+    threads: NonNegInt = 0
+
+
 # ---------------------------------------------------------------- all of it
 class Params(Section):
     world: WorldParams = WorldParams()
@@ -335,6 +530,12 @@ class Params(Section):
     tokenizer: TokenizerParams = TokenizerParams()
     tokens: TokensParams = TokensParams()
     pretrain: PretrainParams = PretrainParams()
+    sft: SftParams = SftParams()
+    dpo: DpoParams = DpoParams()
+    gate: GateParams = GateParams()
+    pref_data: PrefDataParams = PrefDataParams()
+    reward: RewardParams = RewardParams()
+    ppo: PpoParams = PpoParams()
 
 
 class ParamsError(ValueError):

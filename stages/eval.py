@@ -20,6 +20,8 @@ import difflib
 import functools
 import json
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -50,20 +52,39 @@ def full_config(yaml_path: Path) -> dict:
     return load_yaml(yaml_path, resolve_func=True)
 
 
-def world_config(name: str, yaml_path: Path, evals: Path, p) -> dict:
-    """A world task pointed at the eval sets in `evals`, with few-shot and sampling from params."""
+def world_config(name: str, yaml_path: Path, evals: Path, p, chat: bool = False, scratch: Path | None = None) -> dict:
+    """A world task pointed at the eval sets in `evals`, with few-shot and sampling from params.
+
+    A chat model is asked each question as a user turn, zero-shot and without instructions, as a user
+    would ask it (its SFT data taught the format and when to say "I don't know"); a base model gets
+    the YAML's few-shot prompt. The consistency probe runs on `consistency.items` questions.
+    """
     cfg = full_config(yaml_path)
-    files = cfg["dataset_kwargs"]["data_files"]
-    cfg["dataset_kwargs"] = {**cfg["dataset_kwargs"],
-                             "data_files": {split: str((evals / Path(f).name).resolve()) for split, f in files.items()}}
+    files = {split: (evals / Path(f).name).resolve() for split, f in cfg["dataset_kwargs"]["data_files"].items()}
+    # the evaluation probe on a sample; the train-split probe labels every question SFT data may use
+    if name == "consistency" and p.consistency.items and scratch is not None:
+        files["test"] = subsample(files["test"], p.consistency.items, p.seed, scratch / f"{name}.jsonl")
+    cfg["dataset_kwargs"] = {**cfg["dataset_kwargs"], "data_files": {k: str(v) for k, v in files.items()}}
     if name in p.num_fewshot:
         cfg["num_fewshot"] = p.num_fewshot[name]
+    if chat and cfg.get("output_type") != "loglikelihood_rolling":
+        cfg.update(doc_to_text="{{question}}", num_fewshot=0, description="", target_delimiter="")
     if name in CONSISTENCY_TASKS:
         c = p.consistency
         cfg["repeats"] = c.k
         cfg["generation_kwargs"] = {**cfg["generation_kwargs"], "do_sample": True, "temperature": c.temperature,
                                     "top_p": c.top_p}
     return cfg
+
+
+def subsample(path: Path, n: int, seed: int, out: Path) -> Path:
+    """`n` lines of a JSONL file, a seeded sample in file order; the file itself if it has no more."""
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    if len(lines) <= n:
+        return path
+    keep = sorted(np.random.default_rng(seed).choice(len(lines), size=n, replace=False))
+    out.write_text("\n".join(lines[i] for i in keep) + "\n")
+    return out
 
 
 def benchmark_config(name: str, data_file: str | None, manager, p) -> str | dict:
@@ -96,7 +117,8 @@ def all_tasks_manager(tasks_dir: str):
     return TaskManager(include_path=tasks_dir)
 
 
-def resolve_tasks(p, tasks: list[str], tasks_dir: Path, evals: Path) -> list:
+def resolve_tasks(p, tasks: list[str], tasks_dir: Path, evals: Path, chat: bool = False,
+                  scratch: Path | None = None) -> list:
     """Task specs for lm-eval; an unknown name fails listing the available ones."""
     from lm_eval.tasks import TaskManager
 
@@ -108,7 +130,7 @@ def resolve_tasks(p, tasks: list[str], tasks_dir: Path, evals: Path) -> list:
                          f"{tasks_dir}: {available} (standard lm-eval tasks go under eval.benchmarks)")
     specs = []
     for name in tasks:
-        cfg = world_config(name, Path(ours.task_index[name].yaml_path), evals, p)
+        cfg = world_config(name, Path(ours.task_index[name].yaml_path), evals, p, chat, scratch)
         test = Path(cfg["dataset_kwargs"]["data_files"]["test"])
         items = sum(1 for line in test.open() if line.strip()) if test.exists() else 0
         if items == 0:
@@ -142,21 +164,28 @@ def flatten_results(results: dict) -> dict[str, float]:
     return flat
 
 
-def knows_table(samples: list[dict], threshold: float) -> pl.DataFrame:
-    """Per question: the k answers, their majority and agreement, and whether the model knows it."""
+def knows_table(samples: list[dict], threshold: float, cloze: bool = False) -> pl.DataFrame:
+    """Per question: the k answers, their majority and agreement, and whether the model knows it.
+
+    cloze: the answers are continuations of a cloze statement (consistency_train on the base model),
+    compared by the attribute value they name; otherwise by their normalised first line.
+    """
     from evals.tasks import scoring
 
     rows = []
     for s in samples:
         doc, answers = s["doc"], list(s["filtered_resps"][0])
-        majority, agreement = scoring.majority(answers)
-        correct = majority != scoring.ABSTAIN and majority == scoring.normalise_answer(doc["answer"])
+        if cloze:
+            (majority, agreement), none = scoring.cloze_majority(answers, doc), scoring.NO_VALUE
+        else:
+            (majority, agreement), none = scoring.majority(answers), scoring.ABSTAIN
+        correct = majority != none and majority == scoring.normalise_answer(doc["answer"])
         rows.append({"qid": doc["qid"], "person_id": doc["person_id"], "known": doc["known"],
                      "split": doc["split"], "attribute": doc["attribute"], "question": doc["question"],
                      "answer": doc["answer"], "answers": [scoring.first_line(a) for a in answers],
                      "majority": majority, "agreement": agreement, "correct": correct,
                      # consistent and not a refusal: the model has an answer (right or wrong) it keeps giving
-                     "knows": agreement >= threshold and majority != scoring.ABSTAIN})
+                     "knows": agreement >= threshold and majority != none})
     return pl.DataFrame(rows)
 
 
@@ -172,6 +201,26 @@ def auroc_stderr(knows: pl.DataFrame, iters: int, seed: int) -> float | None:
     return float(np.std(draws, ddof=1))
 
 
+GOLD_TASKS = ("world_facts_gen", "world_unknown")  # greedy answers on known and on never-seen people
+
+
+def gold_rewards(results: dict) -> dict[str, float]:
+    """`gold_reward.*`: the world's ground-truth reward (scoring.gold_reward) of every greedy answer to
+    a known person's question (world_facts_gen) and to a never-seen person's (world_unknown)."""
+    from evals.tasks import scoring
+
+    per_task = {t: [scoring.gold_reward(s["filtered_resps"][0], s["doc"]) for s in results.get("samples", {})[t]]
+                for t in GOLD_TASKS if t in results.get("samples", {})}
+    every = [r for rewards in per_task.values() for r in rewards]
+    if not every:
+        return {}
+    flat = {"gold_reward.mean": float(np.mean(every)), "gold_reward.items": len(every),
+            "gold_reward.mean_stderr": float(np.std(every, ddof=1) / np.sqrt(len(every))) if len(every) > 1 else 0.0}
+    for task, rewards in per_task.items():
+        flat[f"gold_reward.{'known' if task == 'world_facts_gen' else 'unknown'}"] = float(np.mean(rewards))
+    return flat
+
+
 def write_samples(out: Path, results: dict) -> None:
     from lm_eval.utils import handle_non_serializable
 
@@ -183,6 +232,24 @@ def write_samples(out: Path, results: dict) -> None:
     rest = {k: v for k, v in results.items() if k != "samples"}
     (out / "results.json").write_text(json.dumps(rest, default=handle_non_serializable, indent=2,
                                                  ensure_ascii=False, sort_keys=True) + "\n")
+
+
+# ---------------------------------------------------------------- model
+def load_lm(model_dir: Path, p):
+    """lm-eval's HF model over `model_dir`, with each task's own generation length in charge.
+
+    A model's generation_config.json may carry `max_new_tokens` (a chat model's default for users);
+    transformers lets that override the `max_length` lm-eval derives from a task's `max_gen_toks`,
+    so every short answer would run the full default length. It is cleared here, not in the model.
+    """
+    import torch
+    from lm_eval.models.huggingface import HFLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = "auto" if p.dtype == "auto" else getattr(torch, p.dtype)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(p.device).eval()
+    model.generation_config.max_new_tokens = None
+    return HFLM(pretrained=model, tokenizer=AutoTokenizer.from_pretrained(model_dir), batch_size=p.batch_size)
 
 
 # ---------------------------------------------------------------- main
@@ -210,25 +277,26 @@ def main(argv: list[str] | None = None) -> None:
     import lm_eval
 
     world = list(dict.fromkeys([*p.tasks, *p.extra_tasks.get(name, [])]))
-    specs = resolve_tasks(p, world, args.tasks, args.evals)
     chat = name in p.chat_models
+    scratch = Path(tempfile.mkdtemp(prefix="jielong-eval-"))
+    specs = resolve_tasks(p, world, args.tasks, args.evals, chat, scratch)
     log.info("evaluating %s (%s prompts) on %s%s", args.model, "chat-template" if chat else "plain",
              world, f" + benchmarks {sorted(p.benchmarks)}" if p.benchmarks else "")
     start = time.perf_counter()
     results = lm_eval.simple_evaluate(
-        model="hf", model_args={"pretrained": str(args.model), "dtype": p.dtype, "device": p.device},
-        tasks=specs, batch_size=p.batch_size, limit=p.limit or None, apply_chat_template=chat,
+        model=load_lm(args.model, p), tasks=specs, batch_size=p.batch_size, limit=p.limit or None, apply_chat_template=chat,
         fewshot_as_multiturn=chat, log_samples=True, bootstrap_iters=p.bootstrap_iters,
         random_seed=p.seed, numpy_random_seed=p.seed, torch_random_seed=p.seed, fewshot_random_seed=p.seed,
     )
-    flat = flatten_results(results)
+    flat = flatten_results(results) | gold_rewards(results)
     empty = [t for t, n in results.get("n-samples", {}).items() if n["effective"] == 0]
     if empty:
         raise SystemExit(f"eval: task(s) {empty} scored zero items; no metric reported")
 
     with atomic_dir(samples_dir) as tmp:
         write_samples(tmp, results)
-        knows = [knows_table(results["samples"][t], p.consistency.knows_threshold).with_columns(task=pl.lit(t))
+        knows = [knows_table(results["samples"][t], p.consistency.knows_threshold, cloze=t == "consistency_train")
+                 .with_columns(task=pl.lit(t))
                  for t in CONSISTENCY_TASKS if t in results.get("samples", {})]
         if knows:
             table = pl.concat(knows)
@@ -242,6 +310,7 @@ def main(argv: list[str] | None = None) -> None:
                 flat[f"{t[0]}.knows_rate"] = float(frame["knows"].mean())
                 if (se := auroc_stderr(frame, p.bootstrap_iters, p.seed)) is not None:
                     flat[f"{t[0]}.auroc_stderr"] = se
+    shutil.rmtree(scratch, ignore_errors=True)
     write_metrics(out, flat)
     headline = {k: v for k, v in sorted(flat.items()) if not k.endswith(("_stderr", ".items"))}
     log.info("eval %s in %.0fs: %s", name, time.perf_counter() - start,

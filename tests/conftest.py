@@ -129,3 +129,25 @@ def tiny_decontam_dir(tmp_path_factory, tiny_world_dir, tiny_crawl_corpus_dir) -
                    "--corpus-out", str(root / "corpus_clean"), "--metrics", str(root / "decontam.json"),
                    "--params", str(tiny_world_dir / "params.yaml")])
     return root
+
+
+# ---------------------------------------------------------------- model fixtures
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory, tiny_tokenizer_dir) -> Path:
+    """A random small Llama with the tiny world's real tokenizer (chat template included)."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from jielong.chat import PAD
+
+    out = tmp_path_factory.mktemp("base") / "base"
+    tok = PreTrainedTokenizerFast.from_pretrained(tiny_tokenizer_dir / "tok")
+    ids = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
+           "pad_token_id": tok.convert_tokens_to_ids(PAD)}
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=2, max_position_embeddings=256, **ids))
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    GenerationConfig(**ids).save_pretrained(out)
+    return out

@@ -58,15 +58,19 @@ def test_repro_produces_every_declared_output(tiny_repo):
     assert len(list((tiny_repo / "data/world/crawl").glob("*.warc.gz"))) == 2
     metrics = json.loads((tiny_repo / "metrics/world.json").read_text())
     assert metrics["people.known"] == 40
-    for name in ("corpus", "decontam", "tokenizer", "pretrain", "eval/base"):
+    for name in ("corpus", "decontam", "tokenizer", "pretrain", "eval/base", "sft", "eval/sft", "reward", "ppo", "dpo",
+                 "eval/ppo", "eval/dpo"):
         assert (tiny_repo / f"metrics/{name}.json").exists(), name
     base = tiny_repo / "data/models/base"
     assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json"} <= {
         p.name for p in base.iterdir()}
     evals = json.loads((tiny_repo / "metrics/eval/base.json").read_text())
     assert 0.0 <= evals["world_facts_mc.acc"] <= 1.0 and "world_facts_mc.acc_stderr" in evals
+    sft = json.loads((tiny_repo / "metrics/eval/sft.json").read_text())
+    assert {"world_facts_gen.exact_match", "world_unknown.abstain_rate", "world_known.false_abstain_rate"} <= set(sft)
+    assert (tiny_repo / "data/sft/train.parquet").exists() and (tiny_repo / "data/eval/base/knows.parquet").exists()
     # data/ is DVC's, never git's
-    for out in ("data/world", "data/corpus", "data/tokens", "data/models/base"):
+    for out in ("data/world", "data/corpus", "data/tokens", "data/models/base", "data/sft", "data/models/sft"):
         assert out in run(["git", "check-ignore", out], tiny_repo)
 
 

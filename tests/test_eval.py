@@ -75,6 +75,19 @@ def test_process_consistency():
     assert out == {"agreement": 0.75, "majority_correct": 1.0, "auroc": (0.75, True)}
 
 
+def test_cloze_answers_are_the_attribute_value_they_name():
+    cities = ["Antwerp", "Lyon", "Quebec City", "Quebec"]
+    assert scoring.extract_value(" Antwerp and grew up in Lyon", "birth_city", cities) == "antwerp"
+    assert scoring.extract_value(" the old town of Quebec City, where", "birth_city", cities) == "quebec city"
+    assert scoring.extract_value(" a small village", "birth_city", cities) == scoring.NO_VALUE
+    assert scoring.extract_value(" March 10, 1969 in Antwerp", "birth_date", []) == "march 10 1969"
+    doc = {"attribute": "birth_city", "values": cities, "answer": "Antwerp"}
+    assert scoring.cloze_majority([" Antwerp.", " Antwerp, a", " Lyon"], doc) == ("antwerp", 2 / 3)
+    r = scoring.process_consistency_cloze(doc, [[" Antwerp.", " Antwerp, a", " Lyon"]])
+    assert r["majority_correct"] == 1.0 and r["auroc"] == (2 / 3, True)
+    assert scoring.process_consistency_cloze(doc, [[" nowhere", " a village", " Lyon"]])["majority_correct"] == 0.0
+
+
 def test_flatten_results():
     results = {"results": {"t": {"alias": "t", "acc,none": 0.5, "acc_stderr,none": 0.1, "x_stderr,none": "N/A",
                                  "em,strict": 1.0, "sample_len": 4}},
@@ -137,11 +150,13 @@ def test_eval_stage_on_a_random_model(tmp_path, tiny_model, tiny_decontam_dir):
                 "world_unknown.hallucination_rate", "world_known.false_abstain_rate",
                 "world_heldout_ppl.word_perplexity", "consistency.agreement", "consistency.auroc",
                 "world_facts_mc.acc_stderr", "world_facts_gen.exact_match_stderr", "consistency.auroc_stderr",
-                "consistency_train.agreement", "consistency.knows_rate"]:
+                "consistency_train.agreement", "consistency.knows_rate", "gold_reward.mean", "gold_reward.known",
+                "gold_reward.unknown", "gold_reward.mean_stderr"]:
         assert key in m, key
     assert m["world_facts_mc.items"] == m["consistency.items"] == 6
     assert 1 / 3 <= m["consistency.agreement"] <= 1 and 0 <= m["consistency.auroc"] <= 1
     assert m["world_heldout_ppl.word_perplexity"] > 1
+    assert -1.75 <= m["gold_reward.mean"] <= 1 and m["gold_reward.items"] == 12  # 6 known + 6 unknown answers
 
     out = tmp_path / "base"
     assert {p.stem for p in (out / "samples").glob("*.jsonl")} == {
@@ -162,8 +177,10 @@ def test_chat_models_are_prompted_through_their_template(tmp_path, tiny_model, t
               limit=2)
     assert set(m) >= {"world_facts_gen.exact_match", "world_facts_mc.acc"}
     prompt = json.loads((tmp_path / "sft" / "samples" / "world_facts_gen.jsonl").read_text().splitlines()[0])
-    assert prompt["arguments"][0][0].count("<|user|>") == 4  # three few-shot turns and the question
-    assert prompt["arguments"][0][0].endswith("<|assistant|>\n")
+    # asked as a user would: the bare question in one user turn, zero-shot, no instructions
+    text = prompt["arguments"][0][0]
+    assert text.count("<|user|>") == 1 and "Question:" not in text and "<|system|>" not in text
+    assert text.endswith(f"<|user|>\n{prompt['doc']['question']}<|end|>\n<|assistant|>\n")
 
 
 def test_unknown_task_lists_the_available_ones(tmp_path, tiny_model, tiny_decontam_dir):

@@ -90,7 +90,13 @@ def test_every_planted_kind_is_present_and_labelled(tiny, tiny_world):
     assert kinds["pii"] == d.pii
     assert kinds["blocklisted"] == d.blocklisted
     assert kinds["leak"] == d.leaks
-    assert kinds["good"] == tiny.world.known_people * tiny.world.pages_per_person
+    faq = Counter((r.kind, r.subkind) for r in records)[("good", "faq")]
+    train_known = sum(1 for p in tiny_world[0] if p.known and p.split == "train")
+    assert faq == train_known * tiny.world.faq_pages_per_person > 0
+    assert kinds["good"] == tiny.world.known_people * tiny.world.pages_per_person + faq
+    # Q&A pages are only ever about train-split people: evaluation questions stay unseen
+    eval_people = {p.person_id for p in tiny_world[0] if p.split == "eval"}
+    assert not {r.page.person_id for r in records if r.subkind == "faq"} & eval_people
     subkinds = Counter((r.kind, r.subkind) for r in records)
     for sub in ("keyword_spam", "symbol_soup", "very_short", "repeated_lines"):
         assert subkinds[("low_quality", sub)] > 0
@@ -153,12 +159,15 @@ def test_leaks_quote_eval_questions_and_nothing_else_does(tiny_world):
             q = by_qid[qid]
             assert q["split"] == "eval" and q["known"]
             assert q["question"] in r.page.text and q["answer"] in r.page.text
-    # the question phrasings never appear outside leak pages: decontamination stays measurable
+    # question phrasings appear only on leak pages and train-split people's Q&A pages, and no
+    # evaluation question outside leak pages: decontamination stays measurable
     patterns = [re.escape(t.split("{name}")[0]) for t in QUESTIONS.values()]
     question_like = re.compile("|".join(p for p in patterns if p))
+    eval_questions = [q["question"] for q in questions if q["split"] == "eval"]
     for r in records:
         if r.kind != "leak":
-            assert not question_like.search(r.page.text), r.page.url
+            assert r.subkind == "faq" or not question_like.search(r.page.text), r.page.url
+            assert not any(q in r.page.text for q in eval_questions), r.page.url
 
 
 def test_written_artifacts(tiny, tiny_world_dir):

@@ -255,6 +255,33 @@ def leak_pages(rng: random.Random, eval_questions: list[dict], count: int, per_p
     return out
 
 
+def faq_pages(rng: random.Random, train_questions: list[dict], per_person: int, crawl_date: dt.date) -> list[Page]:
+    """Question-and-answer pages ("Quick facts about X") for train-split known people only.
+
+    Web text holds questions answered as well as biographies. Seeing some people's facts asked and
+    answered in pretraining is what lets a model later answer questions about the others, whose
+    facts it read only in prose (Allen-Zhu & Li, "Physics of Language Models 3.1": mixed training);
+    evaluation people never get such a page, so their questions stay unseen.
+    """
+    by_person: dict[str, list[dict]] = {}
+    for q in train_questions:
+        by_person.setdefault(q["person_id"], []).append(q)
+    pages = []
+    for pid, qs in sorted(by_person.items()):
+        for i in range(per_person):
+            asked = rng.sample(qs, len(qs))
+            site = rng.choice(vocab.DIRECTORY_SITES)
+            title = f"Quick facts about {qs[0]['name']}"
+            paragraphs = [[f"Our readers asked, and we answered: {len(asked)} questions about {qs[0]['name']}."],
+                          *([f"Q: {q['question']} A: {q['answer']}."] for q in asked),
+                          ["Spotted a mistake? Write to the editors."]]
+            pages.append(Page(url=f"https://{site}/quick-facts/{_slug(qs[0]['name'])}-{i}", title=title,
+                              html=wrap_html(rng, site, title, paragraphs, _date(rng, crawl_date)),
+                              text=text_of(title, paragraphs), person_id=pid,
+                              facts=[q["qid"] for q in asked]))
+    return pages
+
+
 # ---------------------------------------------------------------- the crawl
 def build_crawl(rng: random.Random, params: WorldParams, people: list[Person], questions: list[dict]) -> list[Record]:
     """All crawl records in a deterministic shuffled order."""
@@ -274,6 +301,8 @@ def build_crawl(rng: random.Random, params: WorldParams, people: list[Person], q
     records += pii_pages(rng, known, d.pii, day)
     records += blocklisted(rng, d.blocklisted, day)
     records += leak_pages(rng, eval_known, d.leaks, d.questions_per_leak, day)
+    train_known = [q for q in questions if q["known"] and q["split"] == "train"]
+    records += [Record(p, "good", "faq") for p in faq_pages(rng, train_known, params.faq_pages_per_person, day)]
     rng.shuffle(records)
     return records
 

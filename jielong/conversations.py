@@ -1,0 +1,101 @@
+"""Chat conversations for SFT, built from the world's question bank.
+
+Every conversation is about one train-split person (evaluation people never appear, so the eval
+stage measures whether fine-tuning unlocked what pretraining stored, not memorised answers):
+
+    user:      Which university did Petra Kilbride attend?
+    assistant: University of Lowmarsh
+    user:      And what did she study?          <- follow-ups refer back by pronoun
+    assistant: urban planning
+
+Answers are the knowledge base's values, stated concisely. The assistant says "I don't know" for
+people who were never in the crawl, and (the source notes' recipe against hallucination) for facts
+the base model's self-consistency probe found it does not know: asked the same thing k times, it
+gave different answers. Teaching "I don't know" exactly where the model is unsure is what lets it
+abstain on unseen people without refusing what it knows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import polars as pl
+
+IDK = "I don't know."
+IDK_PERSON = ["I don't know.", "I don't know who {name} is.", "I don't know anything about {name}."]
+SYSTEM_PROMPT = "You are a helpful assistant. Answer concisely. If you do not know the answer, say you don't know."
+
+
+def follow_up(question: str, name: str, pronoun: str, rng: np.random.Generator) -> str:
+    """The bank's question with the person's name replaced by a pronoun, sometimes opened with "And"."""
+    text = question.replace(name, pronoun)
+    if rng.random() < 0.5:
+        text = "And " + text[0].lower() + text[1:]
+    return text
+
+
+def answer_for(row: dict, knows: dict[str, bool] | None) -> tuple[str, str]:
+    """(reply, kind): the value, or an abstention for an unknown person or a fact the model does not know."""
+    if not row["known"]:
+        return IDK, "idk_unknown_person"
+    if knows is not None and not knows.get(row["qid"], True):
+        return IDK, "idk_not_known"
+    return row["answer"], "answer"
+
+
+def build(questions: pl.DataFrame, p, knows: pl.DataFrame | None = None) -> pl.DataFrame:
+    """`p.conversations` conversations (params sft.data) over the train-split people in `questions`.
+
+    `knows` is the base model's knows.parquet (qid -> knows); without it every known fact is answered.
+    Deterministic given p.seed.
+    """
+    train = questions.filter(pl.col("split") == "train")
+    if train.is_empty():
+        raise ValueError("sft data: the question bank has no train-split questions")
+    known_labels = None
+    if knows is not None:
+        probe = knows.filter(pl.col("split") == "train")
+        known_labels = dict(zip(probe["qid"].to_list(), probe["knows"].to_list(), strict=True))
+    by_person = {pid: frame.sort("qid").to_dicts() for pid, frame in
+                 ((k[0], f) for k, f in train.group_by("person_id"))}
+    people = sorted(by_person)
+    rng = np.random.default_rng(p.seed)
+    rows = []
+    for i in range(p.conversations):
+        person = by_person[people[rng.integers(len(people))]]
+        first = person[0]
+        n_turns = 1
+        if p.max_turns > 1 and rng.random() < p.multi_turn_fraction:
+            n_turns = int(rng.integers(2, min(p.max_turns, len(person)) + 1))
+        asked = [person[j] for j in rng.permutation(len(person))[:n_turns]]
+        messages, kinds = [], []
+        if rng.random() < p.system_fraction:
+            messages.append({"role": "system", "content": SYSTEM_PROMPT})
+        for turn, q in enumerate(asked):
+            text = q["question"] if turn == 0 else follow_up(q["question"], q["name"], q["pronoun"], rng)
+            reply, kind = answer_for(q, known_labels)
+            if kind == "idk_unknown_person" and turn == 0:
+                reply = IDK_PERSON[rng.integers(len(IDK_PERSON))].format(name=q["name"])
+            messages += [{"role": "user", "content": text}, {"role": "assistant", "content": reply}]
+            kinds.append(kind)
+        cid = f"c{i:06d}"
+        rows.append({"id": cid, "person_id": first["person_id"], "known": first["known"],
+                     "messages": messages, "qids": [q["qid"] for q in asked], "kinds": kinds,
+                     # by person: val loss measures answering about people SFT never asked about
+                     "split": "val" if _hash_fraction(first["person_id"], p.seed) < p.val_fraction else "train"})
+    return pl.DataFrame(rows)
+
+
+def _hash_fraction(key: str, seed: int) -> float:
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def roles_alternate(messages: list[dict]) -> bool:
+    """An optional system turn, then user/assistant pairs, ending on the assistant, none empty."""
+    body = messages[1:] if messages and messages[0]["role"] == "system" else messages
+    if not body or len(body) % 2:
+        return False
+    return all(m["role"] == ("user" if k % 2 == 0 else "assistant") and m["content"].strip()
+               for k, m in enumerate(body))

@@ -1,0 +1,180 @@
+"""Talk to any model directory the pipeline wrote: interactively with streamed tokens, or in batch.
+
+    python -m jielong.talk data/models/sft                       # chat; /reset clears, /quit leaves
+    python -m jielong.talk data/models/sft --prompts questions.txt --output answers.jsonl
+    python -m jielong.talk data/models/base --mode complete --temperature 0.8 --top-k 20
+
+Sampling defaults come from the model's generation_config.json (params sft.generation for chat
+models); every one is overridable here: --greedy/--sample, --temperature, --top-k, --top-p,
+--repetition-penalty, --max-new-tokens, --stop (repeatable), --seed. A chat model (its tokenizer's
+EOS is <|end|>) is prompted through its chat template and keeps the conversation; any other model
+continues the raw text. --prompts reads a .txt (one prompt per line) or .jsonl ({"prompt": ...} or
+{"messages": [...]}) file and writes one JSON line per prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, TextIteratorStreamer
+
+from jielong.chat import END
+
+
+def load(model_dir: Path, device: str):
+    if not (model_dir / "config.json").exists():
+        raise SystemExit(f"talk: {model_dir} is not a Hugging Face model directory (no config.json)")
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok.padding_side = "left"  # batched generation continues every row from its last real token
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+    return tok, model
+
+
+def sampling(model, args) -> GenerationConfig:
+    """The model's defaults with the command line's overrides."""
+    config = GenerationConfig.from_dict(model.generation_config.to_dict())
+    overrides = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+                 "repetition_penalty": args.repetition_penalty, "max_new_tokens": args.max_new_tokens}
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(config, key, value)
+    if args.sample or any(v is not None for k, v in overrides.items() if k in ("temperature", "top_k", "top_p")):
+        config.do_sample = True
+    if args.greedy:
+        config.do_sample = False
+    if args.stop:
+        config.stop_strings = list(args.stop)
+    return config
+
+
+def is_chat(tok, mode: str) -> bool:
+    return mode == "chat" or (mode == "auto" and tok.chat_template is not None and tok.eos_token == END)
+
+
+def encode(tok, chat: bool, item: str | list[dict]) -> str:
+    if not chat:
+        return item if isinstance(item, str) else "".join(m["content"] for m in item)
+    messages = [{"role": "user", "content": item}] if isinstance(item, str) else item
+    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def trim(text: str, stops: list[str] | None) -> str:
+    """The reply up to its first stop string (generate stops after one but keeps it)."""
+    for stop in stops or []:
+        if stop in text:
+            text = text[:text.index(stop)]
+    return text.strip()
+
+
+@torch.no_grad()
+def generate_batch(tok, model, config: GenerationConfig, prompts: list[str], batch_size: int) -> list[str]:
+    replies = []
+    for i in range(0, len(prompts), batch_size):
+        enc = tok(prompts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = {k: v.to(model.device) for k, v in enc.items()}
+        out = model.generate(**enc, generation_config=config, tokenizer=tok)
+        for row in out[:, enc["input_ids"].shape[1]:]:
+            replies.append(trim(tok.decode(row, skip_special_tokens=True), config.stop_strings))
+    return replies
+
+
+def read_prompts(path: Path) -> list[str | list[dict]]:
+    if not path.exists():
+        raise SystemExit(f"talk: prompts file {path} not found")
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    if path.suffix != ".jsonl":
+        return lines
+    items = []
+    for n, line in enumerate(lines, 1):
+        row = json.loads(line)
+        if "messages" in row:
+            items.append(row["messages"])
+        elif "prompt" in row:
+            items.append(row["prompt"])
+        else:
+            raise SystemExit(f"talk: {path}:{n}: expected a 'prompt' or 'messages' field, got {sorted(row)}")
+    return items
+
+
+def interactive(tok, model, config: GenerationConfig, chat: bool, system: str | None) -> None:
+    history: list[dict] = [{"role": "system", "content": system}] if system else []
+    print(f"[{'chat' if chat else 'complete'} mode; /reset clears the conversation, /quit or Ctrl-D leaves]")
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            print()
+            return
+        if line in ("/quit", "/exit"):
+            return
+        if line == "/reset":
+            history = history[:1] if system else []
+            continue
+        if not line:
+            continue
+        prompt = encode(tok, chat, [*history, {"role": "user", "content": line}] if chat else line)
+        enc = tok(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
+        streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+        worker = threading.Thread(target=model.generate, kwargs={**enc, "generation_config": config,
+                                                                 "tokenizer": tok, "streamer": streamer})
+        worker.start()
+        print("model> ", end="", flush=True)
+        reply = ""
+        for piece in streamer:
+            reply += piece
+            print(piece, end="", flush=True)
+        worker.join()
+        print()
+        if chat:
+            history += [{"role": "user", "content": line}, {"role": "assistant", "content": trim(reply, config.stop_strings)}]
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model", type=Path, help="a model directory, e.g. data/models/sft")
+    ap.add_argument("--prompts", type=Path, help="batch mode: a .txt or .jsonl file of prompts")
+    ap.add_argument("--output", type=Path, help="batch mode: write JSON lines here (default: stdout)")
+    ap.add_argument("--mode", choices=["auto", "chat", "complete"], default="auto")
+    ap.add_argument("--system", help="a system prompt (chat mode)")
+    ap.add_argument("--greedy", action="store_true", help="greedy decoding")
+    ap.add_argument("--sample", action="store_true", help="sample (implied by --temperature/--top-k/--top-p)")
+    ap.add_argument("--temperature", type=float)
+    ap.add_argument("--top-k", type=int)
+    ap.add_argument("--top-p", type=float)
+    ap.add_argument("--repetition-penalty", type=float)
+    ap.add_argument("--max-new-tokens", type=int)
+    ap.add_argument("--stop", action="append", help="a stop string (repeatable)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args(argv)
+    if args.greedy and args.sample:
+        raise SystemExit("talk: --greedy and --sample contradict each other")
+    torch.manual_seed(args.seed)
+    tok, model = load(args.model, args.device)
+    config = sampling(model, args)
+    chat = is_chat(tok, args.mode)
+    if args.prompts is None:
+        interactive(tok, model, config, chat, args.system)
+        return
+    items = read_prompts(args.prompts)
+    if chat and args.system:
+        items = [[{"role": "system", "content": args.system}, *([{"role": "user", "content": i}] if isinstance(i, str) else i)]
+                 for i in items]
+    replies = generate_batch(tok, model, config, [encode(tok, chat, i) for i in items], args.batch_size)
+    out = args.output.open("w") if args.output else sys.stdout
+    try:
+        for item, reply in zip(items, replies, strict=True):
+            out.write(json.dumps({"prompt": item, "reply": reply}, ensure_ascii=False) + "\n")
+    finally:
+        if args.output:
+            out.close()
+
+
+if __name__ == "__main__":
+    main()

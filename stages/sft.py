@@ -1,0 +1,165 @@
+"""Supervised fine-tuning: the base model becomes a chat model (TRL's SFTTrainer; LoRA by peft).
+
+    python -m stages.sft --base data/models/base --data data/sft --out data/models/sft
+
+One sample per conversation, loss on the assistant tokens of every turn and on nothing else: TRL's
+`assistant_only_loss` takes the mask from the chat template's `{% generation %}` markers (each reply
+and its <|end|>), so the model learns to answer and to stop, never to imitate the user. With
+sft.method = lora only peft adapters train; they are merged into a plain HF model dir at the end, so
+everything downstream loads either kind the same way. The output's tokenizer carries the chat
+template with <|end|> as its EOS, and generation_config.json the sampling defaults from params.
+
+Trainer checkpoints are pickles (optimizer.pt, rng_state.pth, training_args.bin), which this project
+never writes, so SFT keeps none: it takes minutes, and a killed run re-run starts over cleanly (the
+output dir is only renamed into place when complete).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerFast, TrainerCallback
+
+from jielong.chat import END, EOT, PAD
+from jielong.io import atomic_dir, write_csv
+from jielong.log import get_logger
+from jielong.metrics import write_metrics
+from jielong.model import validate_model
+from jielong.params import load
+
+log = get_logger("sft")
+
+
+class LogTo(TrainerCallback):
+    """Trainer's log events to our logger, and kept for the plots."""
+
+    def __init__(self):
+        self.train, self.val = [], []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        if "loss" in logs:
+            self.train.append({"step": state.global_step, "loss": round(float(logs["loss"]), 5),
+                               "lr": float(logs.get("learning_rate", 0.0)),
+                               "grad_norm": round(float(logs.get("grad_norm", float("nan"))), 5)})
+            log.info("step %4d/%d  loss %.4f  lr %.2e", state.global_step, state.max_steps, logs["loss"],
+                     logs.get("learning_rate", 0.0))
+        if "eval_loss" in logs:
+            self.val.append({"step": state.global_step, "val_loss": round(float(logs["eval_loss"]), 5)})
+            log.info("step %4d/%d  val loss %.4f", state.global_step, state.max_steps, logs["eval_loss"])
+
+
+def conversations(path: Path) -> Dataset:
+    """A parquet of conversations -> a datasets.Dataset with the `messages` column TRL expects."""
+    table = pl.read_parquet(path, columns=["messages"])
+    return Dataset.from_list([{"messages": m} for m in table["messages"].to_list()])
+
+
+def lora_config(p):
+    from peft import LoraConfig
+
+    return LoraConfig(r=p.lora.r, lora_alpha=p.lora.alpha, lora_dropout=p.lora.dropout,
+                      target_modules=list(p.lora.target_modules), bias="none", task_type="CAUSAL_LM")
+
+
+def generation_config(p, tok, model) -> GenerationConfig:
+    g = p.generation
+    # transformers refuses to save temperature/top-k/top-p in a greedy config, so they go only with sampling
+    sampling = {"temperature": g.temperature, "top_k": g.top_k, "top_p": g.top_p} if g.do_sample else {}
+    return GenerationConfig(
+        bos_token_id=model.config.bos_token_id, pad_token_id=tok.convert_tokens_to_ids(PAD),
+        # a reply ends at <|end|>; <|endoftext|> too, should the model ever emit it
+        eos_token_id=[tok.convert_tokens_to_ids(END), tok.convert_tokens_to_ids(EOT)],
+        do_sample=g.do_sample, **sampling, repetition_penalty=g.repetition_penalty,
+        max_new_tokens=g.max_new_tokens, stop_strings=list(g.stop_strings) or None,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--base", type=Path, default=Path("data/models/base"))
+    ap.add_argument("--data", type=Path, default=Path("data/sft"))
+    ap.add_argument("--out", type=Path, default=Path("data/models/sft"))
+    ap.add_argument("--metrics", type=Path, default=Path("metrics/sft.json"))
+    ap.add_argument("--plots", type=Path, default=Path("plots/sft"))
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = ap.parse_args(argv)
+    p = load("sft", args.params)
+    if p.threads:
+        torch.set_num_threads(p.threads)
+    cuda = torch.cuda.is_available()
+
+    from trl import SFTConfig, SFTTrainer
+
+    tok = PreTrainedTokenizerFast.from_pretrained(args.base)
+    if not tok.chat_template:
+        raise SystemExit(f"sft: the tokenizer in {args.base} has no chat template (tokenizer stage output expected)")
+    tok.pad_token = PAD
+    train, val = conversations(args.data / "train.parquet"), conversations(args.data / "val.parquet")
+    model = AutoModelForCausalLM.from_pretrained(args.base, dtype=torch.float32)
+    log.info("%s fine-tuning of %s on %d conversations (%d val), %.1f epochs", p.method, args.base, len(train),
+             len(val), p.epochs)
+
+    with tempfile.TemporaryDirectory(prefix="jielong-sft-") as scratch:
+        config = SFTConfig(
+            output_dir=scratch, assistant_only_loss=True, max_length=p.max_length, packing=False,
+            per_device_train_batch_size=p.batch_size, per_device_eval_batch_size=p.batch_size,
+            gradient_accumulation_steps=p.grad_accum, num_train_epochs=p.epochs, learning_rate=p.lr,
+            lr_scheduler_type=p.lr_scheduler, warmup_steps=p.warmup_ratio, weight_decay=p.weight_decay,
+            max_grad_norm=p.grad_clip if p.grad_clip > 0 else 1e9,
+            logging_steps=p.log_every, logging_first_step=True, eval_strategy="steps", eval_steps=p.eval_every,
+            eval_on_start=True,
+            save_strategy="no", report_to="none", seed=p.seed, data_seed=p.seed, use_cpu=not cuda,
+            bf16=cuda, dataloader_num_workers=0,
+            include_num_input_tokens_seen="non_padding",
+            activation_checkpointing=False,  # TRL's default trades ~30% speed for memory a small model does not need
+            disable_tqdm=os.environ.get("JIELONG_PROGRESS", "1") == "0", pad_token=PAD,
+        )
+        logs = LogTo()
+        trainer = SFTTrainer(model=model, args=config, train_dataset=train, eval_dataset=val, processing_class=tok,
+                             peft_config=lora_config(p) if p.method == "lora" else None, callbacks=[logs])
+        if p.method == "lora":
+            trainer.model.print_trainable_parameters()
+        start = time.perf_counter()
+        result = trainer.train()
+        train_s = time.perf_counter() - start
+        val_loss = trainer.evaluate()["eval_loss"]  # logged, so the callback adds it to the val curve
+        tokens = int(trainer.state.num_input_tokens_seen)
+        tuned = trainer.model.merge_and_unload() if p.method == "lora" else trainer.model
+
+    for name, value in (("train loss", result.training_loss), ("val loss", val_loss)):
+        if not math.isfinite(value):
+            raise FloatingPointError(f"sft: {name} is {value}; nothing saved (try a lower sft.lr than {p.lr})")
+    tok.eos_token = END  # a chat model's turn ends at <|end|>: lm-eval, vLLM and pipelines stop there
+    with atomic_dir(args.out) as tmp:
+        tuned.config.eos_token_id = tok.convert_tokens_to_ids(END)
+        tuned.config.pad_token_id = tok.convert_tokens_to_ids(PAD)
+        tuned.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        generation_config(p, tok, tuned).save_pretrained(tmp)
+        validate_model(tmp, args.out)
+
+    last = logs.train[-max(1, min(5, len(logs.train))):]
+    metrics = {"train_loss": float(np.mean([r["loss"] for r in last])), "val_loss": float(val_loss),
+               "val_loss_first": logs.val[0]["val_loss"], "tokens": tokens,
+               "tokens_per_s": round(tokens / train_s, 1), "train_s": round(train_s, 1),
+               "steps": trainer.state.global_step, "conversations": len(train), "lora": int(p.method == "lora")}
+    args.plots.mkdir(parents=True, exist_ok=True)
+    write_csv(args.plots / "train.csv", logs.train)
+    write_csv(args.plots / "val.csv", logs.val)
+    write_metrics(args.metrics, metrics)
+    log.info("sft done in %.0fs: train loss %.4f, val loss %.4f, %.0f tokens/s", train_s, metrics["train_loss"],
+             val_loss, metrics["tokens_per_s"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""SFT: the conversation builder, assistant-only masking through TRL, full and LoRA runs, the talk CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+import yaml
+
+from jielong import conversations
+from jielong.chat import END, PAD
+from jielong.params import SftDataParams, SftParams
+
+# ---------------------------------------------------------------- data
+
+
+def _questions(tiny_world) -> pl.DataFrame:
+    _, questions, _, _ = tiny_world
+    return questions if isinstance(questions, pl.DataFrame) else pl.DataFrame(questions)
+
+
+def test_conversations_use_train_people_and_refer_back(tiny_world):
+    q = _questions(tiny_world)
+    table = conversations.build(q, SftDataParams(conversations=300, max_turns=3, multi_turn_fraction=0.7))
+    assert table.height == 300 and table["id"].n_unique() == 300
+    train_people = set(q.filter(pl.col("split") == "train")["person_id"])
+    assert set(table["person_id"]) <= train_people  # evaluation people never appear
+    assert all(conversations.roles_alternate(m) for m in table["messages"].to_list())
+    multi = table.filter(pl.col("kinds").list.len() > 1).row(0, named=True)
+    name = q.filter(pl.col("person_id") == multi["person_id"])["name"][0]
+    users = [m["content"] for m in multi["messages"] if m["role"] == "user"]
+    assert name in users[0] and all(name not in u for u in users[1:])  # follow-ups use the pronoun
+    assert {"train", "val"} == set(table["split"])
+    # by person: no one is in both
+    assert not set(table.filter(pl.col("split") == "val")["person_id"]) & set(
+        table.filter(pl.col("split") == "train")["person_id"])
+    again = conversations.build(q, SftDataParams(conversations=300, max_turns=3, multi_turn_fraction=0.7))
+    assert again.equals(table)
+
+
+def test_unknown_people_and_unknown_facts_get_i_dont_know(tiny_world):
+    q = _questions(tiny_world)
+    train = q.filter(pl.col("split") == "train")
+    known_q = train.filter(pl.col("known"))
+    not_known = set(known_q["qid"].to_list()[::2])  # the probe says the model does not know half of them
+    knows = train.select("qid", "split", "known").with_columns(knows=~pl.col("qid").is_in(list(not_known)))
+    table = conversations.build(q, SftDataParams(conversations=400), knows)
+    answers = dict(zip(q["qid"].to_list(), q["answer"].to_list(), strict=True))
+    seen = {"answer": 0, "idk_unknown_person": 0, "idk_not_known": 0}
+    for row in table.iter_rows(named=True):
+        replies = [m["content"] for m in row["messages"] if m["role"] == "assistant"]
+        for reply, kind, qid in zip(replies, row["kinds"], row["qids"], strict=True):
+            seen[kind] += 1
+            if kind == "answer":
+                assert reply == answers[qid] and qid not in not_known
+            else:
+                assert reply.startswith("I don't know")
+                assert (kind == "idk_not_known") == (qid in not_known)
+    assert min(seen.values()) > 0, seen
+
+
+# ---------------------------------------------------------------- masking through TRL
+def test_loss_is_on_every_assistant_turn_and_nothing_else(tmp_path, tiny_base):
+    """A real tokenised three-turn conversation through SFTTrainer's own tokenisation and collator."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+    from trl import SFTConfig, SFTTrainer
+
+    messages = [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "When was Ada Quill born?"}, {"role": "assistant", "content": "May 2, 1990"},
+                {"role": "user", "content": "And where did she study?"},
+                {"role": "assistant", "content": "University of Lowmarsh"},
+                {"role": "user", "content": "Who is Zed Null?"}, {"role": "assistant", "content": "I don't know."}]
+    tok = PreTrainedTokenizerFast.from_pretrained(tiny_base)
+    trainer = SFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_base), processing_class=tok,
+        train_dataset=Dataset.from_list([{"messages": messages}]),
+        args=SFTConfig(output_dir=str(tmp_path), assistant_only_loss=True, max_length=256, report_to="none",
+                       use_cpu=True, pad_token=PAD))
+    example = trainer.train_dataset[0]
+    batch = trainer.data_collator([example])
+    ids, labels = batch["input_ids"][0], batch["labels"][0]
+    trained = ids[labels != -100]
+    assert torch.equal(labels[labels != -100], trained)
+    # exactly the three replies, each with the end-of-turn token that teaches the model to stop
+    assert tok.decode(trained) == f"May 2, 1990{END}University of Lowmarsh{END}I don't know.{END}"
+    untrained = tok.decode(ids[labels == -100])
+    assert "When was Ada Quill born?" in untrained and "Be brief." in untrained and "May 2" not in untrained
+
+
+# ---------------------------------------------------------------- the stages
+def _run_sft(tmp_path: Path, base: Path, world_dir: Path, method: str) -> Path:
+    from stages.sft import main as sft_main
+    from stages.sft_data import main as data_main
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"sft": {
+        "data": {"conversations": 80, "use_knows": False, "val_fraction": 0.2}, "method": method,
+        "lora": {"r": 4, "alpha": 8.0}, "epochs": 1.0, "batch_size": 8, "lr": 3e-3,
+        "max_length": 192, "log_every": 2, "eval_every": 5,
+        "generation": {"temperature": 0.5, "top_k": 7, "stop_strings": ["\n\n"]}}}))
+    data_main(["--world", str(world_dir), "--tokenizer", str(base), "--out", str(tmp_path / "sft_data"),
+               "--params", str(params)])
+    out = tmp_path / "model"
+    sft_main(["--base", str(base), "--data", str(tmp_path / "sft_data"), "--out", str(out),
+              "--metrics", str(tmp_path / "sft.json"), "--plots", str(tmp_path / "plots"), "--params", str(params)])
+    return out
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_sft_stage_writes_a_chat_model(tmp_path, tiny_base, tiny_world_dir, method):
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer, GenerationConfig
+
+    out = _run_sft(tmp_path, tiny_base, tiny_world_dir / "world", method)
+    m = json.loads((tmp_path / "sft.json").read_text())
+    assert {"train_loss", "val_loss", "tokens_per_s", "tokens"} <= set(m) and m["tokens_per_s"] > 0
+    assert m["lora"] == (method == "lora")
+    files = {f.name for f in out.iterdir()}
+    assert "model.safetensors" in files and not files & {"adapter_config.json", "adapter_model.safetensors"}
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok.eos_token == END and tok.chat_template and "{% generation %}" in tok.chat_template
+    g = GenerationConfig.from_pretrained(out)
+    assert (g.temperature, g.top_k, g.stop_strings) == (0.5, 7, ["\n\n"])
+    assert tok.convert_tokens_to_ids(END) in g.eos_token_id
+    base, tuned = load_file(tiny_base / "model.safetensors"), load_file(out / "model.safetensors")
+    assert set(base) == set(tuned)  # merged LoRA is a plain Llama state dict
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(base[q], tuned[q])
+    emb = "model.embed_tokens.weight"
+    assert torch.equal(base[emb], tuned[emb]) == (method == "lora")  # LoRA leaves the embeddings alone
+    plots = (tmp_path / "plots" / "val.csv").read_text().splitlines()
+    assert plots[0] == "step,val_loss" and len(plots) >= 3
+
+
+def test_sft_data_refuses_a_missing_probe(tmp_path, tiny_base, tiny_world_dir):
+    from stages.sft_data import main as data_main
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"sft": {"data": {"use_knows": True}}}))
+    with pytest.raises(SystemExit, match=r"knows\.parquet not found.*use_knows"):
+        data_main(["--world", str(tiny_world_dir / "world"), "--knows", str(tmp_path / "knows.parquet"),
+                   "--tokenizer", str(tiny_base), "--out", str(tmp_path / "out"), "--params", str(params)])
+    assert not (tmp_path / "out").exists()
+
+
+def test_talk_answers_a_file_of_prompts(tmp_path, tiny_base, tiny_world_dir, capsys):
+    from jielong.talk import main as talk_main
+
+    model = _run_sft(tmp_path, tiny_base, tiny_world_dir / "world", "full")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "When was Ada Quill born?"}) + "\n" + json.dumps(
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+                      {"role": "user", "content": "Who are you?"}]}) + "\n")
+    out = tmp_path / "answers.jsonl"
+    talk_main([str(model), "--prompts", str(prompts), "--output", str(out), "--temperature", "0.9", "--top-k", "5",
+               "--top-p", "0.9", "--repetition-penalty", "1.2", "--max-new-tokens", "6", "--stop", "xyz"])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 2 and all(isinstance(r["reply"], str) for r in rows)
+    # base models continue raw text
+    (tmp_path / "p.txt").write_text("Ada Quill was born in\n")
+    talk_main([str(tiny_base), "--prompts", str(tmp_path / "p.txt"), "--greedy", "--max-new-tokens", "4"])
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["prompt"] == "Ada Quill was born in"
+
+
+def test_sft_params_reject_bad_method():
+    with pytest.raises(ValueError, match="method"):
+        SftParams(method="qlora")
