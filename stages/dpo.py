@@ -36,6 +36,8 @@ from jielong.log import get_logger
 from jielong.metrics import write_metrics
 from jielong.model import validate_model
 from jielong.params import load
+from jielong.talk import encode as encode_prompt
+from jielong.talk import generate_batch
 
 log = get_logger("dpo")
 
@@ -69,19 +71,13 @@ def pairs(path: Path) -> Dataset:
 
 @torch.no_grad()
 def gold_of(model, tok, prompts: list[list[dict]], docs: list[dict], max_new_tokens: int) -> float:
-    """Mean gold reward of the model's greedy answers to `prompts`."""
+    """Mean gold reward of the model's greedy answers to `prompts` (batched as the talk CLI does)."""
     model.eval()
     tok.padding_side = "left"
     config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=tok.eos_token_id,
                               pad_token_id=tok.convert_tokens_to_ids(PAD))
-    rewards = []
-    for i in range(0, len(prompts), 32):
-        texts = [tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts[i:i + 32]]
-        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-        out = model.generate(**enc, generation_config=config)
-        for row, doc in zip(out[:, enc["input_ids"].shape[1]:], docs[i:i + 32], strict=True):
-            rewards.append(scoring.gold_reward(tok.decode(row, skip_special_tokens=True).strip(), doc))
-    return float(np.mean(rewards))
+    replies = generate_batch(tok, model, config, [encode_prompt(tok, True, p) for p in prompts], batch_size=32)
+    return float(np.mean([scoring.gold_reward(reply, doc) for reply, doc in zip(replies, docs, strict=True)]))
 
 
 def main(argv: list[str] | None = None) -> None:

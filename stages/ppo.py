@@ -62,6 +62,7 @@ from jielong.ppo import (
     token_rewards,
     value_loss,
 )
+from jielong.reward_model import encode, score
 
 log = get_logger("ppo")
 
@@ -146,22 +147,14 @@ def response_values(critic, inputs: dict, n_response: int) -> torch.Tensor:
     return critic(**inputs)[:, -n_response - 1:-1]
 
 
-@torch.no_grad()
 def reward_scores(reward_model, tok, prompts: list[list[dict]], replies: list[str]) -> torch.Tensor:
     """The reward model's score of each conversation, rendered by the chat template as in its training.
 
     The reward model learnt on `... <|assistant|>\\n reply <|end|>\\n`, right-padded; scoring the same
-    rendering keeps it in distribution, and its sequence-classification head reads the last non-pad token.
+    rendering (jielong.reward_model, shared with the reward stage) keeps it in distribution. One batch.
     """
-    ids = [tok.apply_chat_template(m + [{"role": "assistant", "content": r}], tokenize=True,
-                                   return_dict=True)["input_ids"] for m, r in zip(prompts, replies, strict=True)]
-    width = max(len(x) for x in ids)
-    input_ids = torch.full((len(ids), width), tok.pad_token_id, dtype=torch.long)
-    attention = torch.zeros((len(ids), width), dtype=torch.long)
-    for row, x in enumerate(ids):
-        input_ids[row, :len(x)], attention[row, :len(x)] = torch.tensor(x), 1
-    device = next(reward_model.parameters()).device
-    return reward_model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits[:, 0].float().cpu()
+    ids = [encode(tok, m, r) for m, r in zip(prompts, replies, strict=True)]
+    return torch.from_numpy(score(reward_model, tok.pad_token_id, ids, batch_size=len(ids)))
 
 
 @torch.no_grad()
