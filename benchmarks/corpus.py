@@ -17,7 +17,9 @@ The reference needs two things to run offline at all, and gets them without chan
 compact lid.176 model is placed where datatrove's FT176LID looks for its download (a private
 HF_ASSETS_CACHE), and URLFilter's tldextract is handed the bundled public suffix snapshot (in its
 default form it tries the internet first). Prints documents per second per core for each (core =
-a worker), the ratio, and the wall times; with --repeat, the best of the runs of each.
+a worker busy: min(workers, tasks, input files, CPUs)), the ratio, and the wall times; with
+--repeat, the best of the runs of each. Wall times include each process's start-up (imports, block
+lists), as a `dvc repro` of the stage pays it.
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from benchmarks import result  # noqa: E402
+
+WORK = Path(tempfile.gettempdir()) / "jielong-corpus-bench"
 
 
 # ---------------------------------------------------------------- the reference pipeline
@@ -139,7 +145,7 @@ def offline_assets(root: Path) -> Path:
 
 
 # ---------------------------------------------------------------- runs
-def run(cmd: list[str], env: dict) -> float:
+def timed_cmd(cmd: list[str], env: dict) -> float:
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
     if proc.returncode:
@@ -147,52 +153,61 @@ def run(cmd: list[str], env: dict) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
+def run(inputs: str = "data/world/crawl/*.warc.gz", params: Path = REPO / "params.yaml", repeat: int = 1,
+        work: Path = WORK, verbose: bool = False) -> dict:
+    files = glob.glob(inputs if os.path.isabs(inputs) else str(REPO / inputs))
+    if not files:
+        raise SystemExit(f"corpus benchmark: no file matches {inputs}; run `python -m stages.world` first")
+    all_params = yaml.safe_load(params.read_text())
+    corpus = all_params["corpus"]
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "JIELONG_PROGRESS": "0", "PYTHONPATH": str(REPO)}
+    ours_params = work / "params.yaml"
+    ours_params.write_text(yaml.safe_dump({**all_params, "corpus": {**corpus, "inputs": [inputs]}}))
+    ref_env = {**env, "HF_ASSETS_CACHE": str(offline_assets(work / "assets"))}
+
+    best = {"ours": float("inf"), "reference": float("inf")}
+    for i in range(repeat):
+        for name in ("reference", "ours"):
+            out = work / f"{name}-{i}"
+            if name == "ours":
+                cmd = [sys.executable, "-m", "stages.corpus", "--out", str(out / "corpus"), "--work",
+                       str(out / "work"), "--metrics", str(out / "corpus.json"), "--params", str(ours_params)]
+                seconds = timed_cmd(cmd, env)
+            else:
+                cmd = [sys.executable, str(Path(__file__).resolve()), "--inputs", inputs, "--params",
+                       str(params), "--reference-only", str(out)]
+                seconds = timed_cmd(cmd, ref_env)
+            best[name] = min(best[name], seconds)
+            if verbose:
+                print(f"run {i + 1}: {name:9s} {seconds:6.1f} s", flush=True)
+    docs = json.loads((work / "ours-0" / "corpus.json").read_text())["docs_in"]
+    cores = min(corpus["workers"], corpus["tasks"], len(files), os.cpu_count() or 1)
+    return result("corpus", "docs/s/core", docs / best["ours"] / cores, docs / best["reference"] / cores, cores,
+                  f"{docs} documents in {len(files)} file(s), {corpus['tasks']} tasks, {cores} worker(s); "
+                  f"{best['ours']:.1f} s vs {best['reference']:.1f} s",
+                  docs=docs, ours_s=best["ours"], reference_s=best["reference"])
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--inputs", default="data/world/crawl/*.warc.gz", help="one glob of WARC files")
     ap.add_argument("--params", type=Path, default=REPO / "params.yaml")
     ap.add_argument("--repeat", type=int, default=1)
-    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "jielong-corpus-bench")
+    ap.add_argument("--work", type=Path, default=WORK)
     ap.add_argument("--reference-only", type=Path, help=argparse.SUPPRESS)  # internal: run the reference here
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
-    params = yaml.safe_load(args.params.read_text())
-    corpus = params["corpus"]
     if args.reference_only:
-        docs = reference(args.inputs, args.reference_only, corpus)
+        docs = reference(args.inputs, args.reference_only, yaml.safe_load(args.params.read_text())["corpus"])
         print(json.dumps({"docs_in": docs}))
         return
-    if not glob.glob(str(REPO / args.inputs) if not os.path.isabs(args.inputs) else args.inputs):
-        sys.exit(f"no file matches {args.inputs}; run `python -m stages.world` first")
-
-    shutil.rmtree(args.work, ignore_errors=True)
-    args.work.mkdir(parents=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "JIELONG_PROGRESS": "0", "PYTHONPATH": str(REPO)}
-    ours_params = args.work / "params.yaml"
-    ours_params.write_text(yaml.safe_dump({**params, "corpus": {**corpus, "inputs": [args.inputs]}}))
-    ref_env = {**env, "HF_ASSETS_CACHE": str(offline_assets(args.work / "assets"))}
-
-    best = {"ours": float("inf"), "reference": float("inf")}
-    for i in range(args.repeat):
-        for name in ("reference", "ours"):
-            work = args.work / f"{name}-{i}"
-            if name == "ours":
-                cmd = [sys.executable, "-m", "stages.corpus", "--out", str(work / "corpus"), "--work",
-                       str(work / "work"), "--metrics", str(work / "corpus.json"), "--params", str(ours_params)]
-                seconds = run(cmd, env)
-            else:
-                cmd = [sys.executable, str(Path(__file__).resolve()), "--inputs", args.inputs, "--params",
-                       str(args.params), "--reference-only", str(work)]
-                seconds = run(cmd, ref_env)
-            best[name] = min(best[name], seconds)
-            print(f"run {i + 1}: {name:9s} {seconds:6.1f} s", flush=True)
-    docs = json.loads((args.work / "ours-0" / "corpus.json").read_text())["docs_in"]
-    cores = min(corpus["workers"], corpus["tasks"], os.cpu_count() or 1)
-    rate = {k: docs / v / cores for k, v in best.items()}
-    print(f"\n{docs} documents, {corpus['tasks']} tasks, {cores} worker(s)")
-    print(f"ours       {rate['ours']:7.2f} docs/s/core  ({best['ours']:.1f} s)")
-    print(f"reference  {rate['reference']:7.2f} docs/s/core  ({best['reference']:.1f} s)")
-    print(f"ratio      {rate['ours'] / rate['reference']:7.2f}x")
+    r = run(args.inputs, args.params, args.repeat, args.work, verbose=True)
+    print(f"\n{r['notes']}")
+    print(f"ours       {r['ours']:7.2f} docs/s/core  ({r['ours_s']:.1f} s)")
+    print(f"reference  {r['reference']:7.2f} docs/s/core  ({r['reference_s']:.1f} s)")
+    print(f"ratio      {r['ratio']:7.2f}x")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,10 @@ import polars as pl
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks import result  # noqa: E402
+
+WORK = Path("/tmp/jielong-decontam-bench")
+
 
 # ---------------------------------------------------------------- input
 def make_input(work: Path, mb: float) -> tuple[Path, Path]:
@@ -160,35 +164,46 @@ def child(args) -> None:
     print("RESULT " + json.dumps(r))
 
 
-def main() -> None:
+def run(mb: float = 20.0, n: int = 13, work: Path = WORK, engines: tuple[str, ...] = ("ours", "datatrove")) -> dict:
+    """Both engines in their own process on the same input; `engines` of one runs that one alone."""
+    work.mkdir(parents=True, exist_ok=True)
+    corpus, world = make_input(work, mb)
+    results = {}
+    for engine in engines:
+        proc = subprocess.run([sys.executable, __file__, "--only", engine, "--n", str(n), "--work", str(work),
+                               "--corpus", str(corpus), "--world", str(world)], capture_output=True, text=True)
+        line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+        if proc.returncode or not line:
+            sys.exit(f"{engine} failed:\n{proc.stderr[-3000:]}")
+        results[engine] = json.loads(line[0][len("RESULT "):])
+    ours, ref = results.get("ours"), results.get("datatrove")
+    notes = "; ".join(f"{e}: peak RSS {r['peak_rss_mb']:.0f} MB, leak pages caught {r['leak_pages_caught']}, "
+                      f"clean pages removed {r['clean_pages_removed']}" for e, r in results.items())
+    return result("decontam", "MB/s", ours["mb_per_s"] if ours else float("nan"),
+                  ref["mb_per_s"] if ref else float("nan"), 1,
+                  f"{mb:g} MB, n={n}, one task each; {notes}", corpus=str(corpus), engines=results)
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mb", type=float, default=20.0, help="MB of text in the benchmark corpus")
     ap.add_argument("--n", type=int, default=13, help="n-gram length for both engines")
     ap.add_argument("--only", choices=["ours", "datatrove"])
-    ap.add_argument("--work", type=Path, default=Path("/tmp/jielong-decontam-bench"))
+    ap.add_argument("--work", type=Path, default=WORK)
     ap.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--world", type=Path, help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.corpus:  # a child process running one engine
         child(args)
         return
-    args.work.mkdir(parents=True, exist_ok=True)
-    corpus, world = make_input(args.work, args.mb)
-    results = {}
-    for engine in ([args.only] if args.only else ["ours", "datatrove"]):
-        run = subprocess.run([sys.executable, __file__, "--only", engine, "--n", str(args.n), "--work", str(args.work),
-                              "--corpus", str(corpus), "--world", str(world)], capture_output=True, text=True)
-        line = [x for x in run.stdout.splitlines() if x.startswith("RESULT ")]
-        if run.returncode or not line:
-            sys.exit(f"{engine} failed:\n{run.stderr[-3000:]}")
-        results[engine] = json.loads(line[0][len("RESULT "):])
-    print(f"corpus: {corpus} ({args.mb:g} MB of text), n={args.n}")
-    for engine, r in results.items():
-        print(f"{engine:>10}: {r['mb_per_s']:8.2f} MB/s  {r['seconds']:7.1f} s  peak RSS {r['peak_rss_mb']:6.0f} MB  "
-              f"removed {r['removed']}/{r['docs']}  leak pages caught {r['leak_pages_caught']}  "
-              f"clean pages removed {r['clean_pages_removed']}")
-    if len(results) == 2:
-        print(f"speed ratio ours/datatrove: {results['ours']['mb_per_s'] / results['datatrove']['mb_per_s']:.1f}x")
+    r = run(args.mb, args.n, args.work, (args.only,) if args.only else ("ours", "datatrove"))
+    print(f"corpus: {r['corpus']} ({args.mb:g} MB of text), n={args.n}")
+    for engine, e in r["engines"].items():
+        print(f"{engine:>10}: {e['mb_per_s']:8.2f} MB/s  {e['seconds']:7.1f} s  peak RSS {e['peak_rss_mb']:6.0f} MB  "
+              f"removed {e['removed']}/{e['docs']}  leak pages caught {e['leak_pages_caught']}  "
+              f"clean pages removed {e['clean_pages_removed']}")
+    if len(r["engines"]) == 2:
+        print(f"speed ratio ours/datatrove: {r['ratio']:.1f}x")
 
 
 if __name__ == "__main__":

@@ -1,25 +1,33 @@
 """Pretraining throughput: jielong's training step vs a nanoGPT-style reference loop, same model shape.
 
-    python benchmarks/pretrain.py [--params params.yaml] [--steps 20]
+    python benchmarks/pretrain.py [--params params.yaml] [--steps 20] [--vocab 4096]
 
 The reference is a minimal hand-written decoder (RMSNorm, RoPE, SwiGLU, SDPA: the shape of
 transformers' Llama) trained by a bare loop, as nanoGPT does; ours is stages/pretrain.py's own
 `loss_of` + AdamW step on transformers' Llama. Both run on the same random tokens with the same
-batch, context and thread count. Prints tokens/s and MFU of both and the ratio.
+batch, context and thread count (torch's default, or params `pretrain.threads`). Each is timed twice,
+interleaved, after `--warmup` untimed steps; the faster run counts. Prints tokens/s and MFU of both
+and the ratio (MFU: model FLOPs per token x tokens/s over this machine's fp32 matmul peak, measured).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 
-from jielong.model import build_model, flops_per_token, llama_config, measure_cpu_peak
-from jielong.params import load
-from stages.pretrain import loss_of, make_optimizer
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from benchmarks import result  # noqa: E402
+from jielong.model import build_model, flops_per_token, llama_config, measure_cpu_peak  # noqa: E402
+from jielong.params import load  # noqa: E402
+from stages.pretrain import loss_of, make_optimizer  # noqa: E402
 
 
 class Block(nn.Module):
@@ -74,19 +82,18 @@ def timed(step, steps: int, warmup: int = 3) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--vocab", type=int, default=4096)
-    a = ap.parse_args()
-    p = load("pretrain", a.params)
-    m, ctx, b = p.model, p.model.context, p.batch_size
+def run(params: Path = REPO / "params.yaml", steps: int = 20, vocab: int = 4096, warmup: int = 3,
+        batch_size: int | None = None) -> dict:
+    """batch_size: sequences per step instead of params `pretrain.batch_size` (a quick run)."""
+    p = load("pretrain", params)
+    if p.threads:
+        torch.set_num_threads(p.threads)
+    m, ctx, b = p.model, p.model.context, batch_size or p.batch_size
     torch.manual_seed(0)
-    batch = torch.randint(0, a.vocab, (b, ctx + 1))
+    batch = torch.randint(0, vocab, (b, ctx + 1))
     device = torch.device("cpu")
 
-    config = llama_config(m, a.vocab, 0, 0, 1)
+    config = llama_config(m, vocab, 0, 0, 1)
     ours = build_model(config, attn=p.attention)
     opt = make_optimizer(ours, p)
 
@@ -96,27 +103,43 @@ def main() -> None:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    ref = TinyGPT(a.vocab, m.d_model, m.n_layers, m.n_heads, m.d_ff, ctx)
+    ref = TinyGPT(vocab, m.d_model, m.n_layers, m.n_heads, m.d_ff, ctx)
     ref_opt = torch.optim.AdamW(ref.parameters(), lr=p.lr, weight_decay=p.weight_decay, betas=tuple(p.betas))
 
     def ref_step():
         logits = ref(batch[:, :-1])
-        F.cross_entropy(logits.reshape(-1, a.vocab), batch[:, 1:].reshape(-1)).backward()
+        F.cross_entropy(logits.reshape(-1, vocab), batch[:, 1:].reshape(-1)).backward()
         torch.nn.utils.clip_grad_norm_(ref.parameters(), p.grad_clip)
         ref_opt.step()
         ref_opt.zero_grad(set_to_none=True)
 
-    tokens = a.steps * b * ctx
+    tokens = steps * b * ctx
     # interleave to share whatever else the machine is doing fairly
-    t_ref, t_ours = timed(ref_step, a.steps), timed(our_step, a.steps)
-    t_ref, t_ours = min(t_ref, timed(ref_step, a.steps)), min(t_ours, timed(our_step, a.steps))
+    t_ref, t_ours = timed(ref_step, steps, warmup), timed(our_step, steps, warmup)
+    t_ref, t_ours = min(t_ref, timed(ref_step, steps, 0)), min(t_ours, timed(our_step, steps, 0))
     fpt, peak = flops_per_token(config, ctx), measure_cpu_peak()
     ours_tps, ref_tps = tokens / t_ours, tokens / t_ref
-    print(f"model: d={m.d_model} layers={m.n_layers} heads={m.n_heads} ff={m.d_ff} ctx={ctx} batch={b} "
-          f"vocab={a.vocab}; {fpt / 1e6:.1f} MFLOP/token; peak {peak / 1e9:.1f} GFLOP/s")
-    print(f"jielong (transformers Llama): {ours_tps:10.0f} tokens/s  MFU {ours_tps * fpt / peak:.3f}")
-    print(f"nanoGPT-style reference     : {ref_tps:10.0f} tokens/s  MFU {ref_tps * fpt / peak:.3f}")
-    print(f"ratio (ours / reference)    : {ours_tps / ref_tps:.3f}")
+    shape = f"d={m.d_model} layers={m.n_layers} heads={m.n_heads} ff={m.d_ff} ctx={ctx} batch={b} vocab={vocab}"
+    return result("pretrain", "tokens/s", ours_tps, ref_tps, torch.get_num_threads(),
+                  f"MFU {ours_tps * fpt / peak:.3f} vs {ref_tps * fpt / peak:.3f}; {shape}; {steps} steps",
+                  ours_mfu=ours_tps * fpt / peak, reference_mfu=ref_tps * fpt / peak, flops_per_token=fpt,
+                  peak_flops=peak, shape=shape)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", type=Path, default=REPO / "params.yaml")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--vocab", type=int, default=4096)
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    ap.add_argument("--batch-size", type=int, help="sequences per step (default: params pretrain.batch_size)")
+    a = ap.parse_args(argv)
+    r = run(a.params, a.steps, a.vocab, a.warmup, a.batch_size)
+    print(f"model: {r['shape']}; {r['flops_per_token'] / 1e6:.1f} MFLOP/token; peak {r['peak_flops'] / 1e9:.1f} GFLOP/s; "
+          f"{r['threads']} threads")
+    print(f"jielong (transformers Llama): {r['ours']:10.0f} tokens/s  MFU {r['ours_mfu']:.3f}")
+    print(f"nanoGPT-style reference     : {r['reference']:10.0f} tokens/s  MFU {r['reference_mfu']:.3f}")
+    print(f"ratio (ours / reference)    : {r['ratio']:.3f}")
 
 
 if __name__ == "__main__":

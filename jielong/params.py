@@ -9,7 +9,9 @@ Stages that do not exist yet simply have no section here.
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
+import os
+import re
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal
 
 import yaml
@@ -521,8 +523,51 @@ class DpoParams(Section):
     threads: NonNegInt = 0
 
 
+# ---------------------------------------------------------------- report
+class ReportParams(Section):
+    """The report card (stages/report.py): what it shows and how its figures look."""
+
+    title: str = "jielong report"
+    models: list[str] = ["base", "sft", "ppo", "dpo"]  # eval columns in this order; absent ones show "not run"
+    figure_dpi: Annotated[int, Field(ge=50, le=600)] = 100
+    digits: Annotated[int, Field(ge=1, le=12)] = 4  # significant digits of a float
+
+
+# ---------------------------------------------------------------- paths
+NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def check_data_path(where: str, value: str, roots: list[str]) -> None:
+    """A local path (or glob) in params must lie under one of `data_roots`; remote URLs pass.
+
+    The check is lexical on purpose (no resolve()): a data root that is a symlink to a big disk is
+    a common DVC set-up and must keep working, and `..` is refused outright, so no path can climb out.
+    """
+    if URL.match(value) and not value.startswith("file://"):
+        return  # hf://, s3://, https://: fsspec reads them; they never touch a local file outside the roots
+    local = value.removeprefix("file://")
+    if ".." in PurePosixPath(local.replace(os.sep, "/")).parts:
+        raise ValueError(f"{where} = {value!r}: a path with '..' is refused (path traversal)")
+    full = os.path.normpath(os.path.join(os.getcwd(), local))
+    for root in roots:
+        base = os.path.normpath(os.path.join(os.getcwd(), root))
+        if full == base or full.startswith(base.rstrip(os.sep) + os.sep):
+            return
+    raise ValueError(f"{where} = {value!r} lies outside data_roots {roots} (add its folder there to allow it)")
+
+
+def check_name(where: str, value: str) -> None:
+    """A name that becomes a path component (data/models/<name>) must be one plain component."""
+    if not NAME.match(value):
+        raise ValueError(f"{where} = {value!r}: expected a plain name (letters, digits, _ . -), not a path")
+
+
 # ---------------------------------------------------------------- all of it
 class Params(Section):
+    # Folders (relative to the repository root, or absolute) that local paths in params may point into:
+    # corpus.inputs, corpus.language.model, eval.benchmarks files. Add e.g. /mnt/crawl to read from there.
+    data_roots: list[str] = ["data"]
     world: WorldParams = WorldParams()
     corpus: CorpusParams = CorpusParams()
     decontam: DecontamParams = DecontamParams()
@@ -536,6 +581,27 @@ class Params(Section):
     pref_data: PrefDataParams = PrefDataParams()
     reward: RewardParams = RewardParams()
     ppo: PpoParams = PpoParams()
+    report: ReportParams = ReportParams()
+
+    @model_validator(mode="after")
+    def _paths(self) -> Params:
+        roots = self.data_roots
+        for i, root in enumerate(roots):
+            if ".." in PurePosixPath(root.replace(os.sep, "/")).parts or URL.match(root):
+                raise ValueError(f"data_roots[{i}] = {root!r}: a local folder without '..' is expected")
+        for i, value in enumerate(self.corpus.inputs):
+            check_data_path(f"corpus.inputs[{i}]", value, roots)
+        if self.corpus.language.model is not None:
+            check_data_path("corpus.language.model", self.corpus.language.model, roots)
+        for task, data_file in self.eval.benchmarks.items():
+            if data_file is not None:
+                check_data_path(f"eval.benchmarks.{task}", data_file, roots)
+        for key in ("models", "chat_models"):
+            for i, name in enumerate(getattr(self.eval, key)):
+                check_name(f"eval.{key}[{i}]", name)
+        for name in self.eval.extra_tasks:
+            check_name(f"eval.extra_tasks.{name}", name)
+        return self
 
 
 class ParamsError(ValueError):
@@ -546,6 +612,9 @@ def _format(err: ValidationError, path: Path) -> str:
     lines = []
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"])
+        if not where:  # a check across sections: its message names the param and the value itself
+            lines.append(f"{path}: {e['msg'].removeprefix('Value error, ')}")
+            continue
         lines.append(f"{path}: {where}: {e['msg']} (got {e.get('input')!r})")
     return "\n".join(lines)
 

@@ -5,9 +5,10 @@ non-pad token, so training and every later use (PPO scoring its rollouts, evalua
 conversation the same way. The rendering is the chat template's, whole, as TRL's RewardTrainer
 tokenises conversational pairs and as stages/ppo.py re-renders its rollouts:
 
-    <|user|>\\n question <|end|>\\n <|assistant|>\\n reply <|end|>\\n
+    <|user|> question<|end|>\\n<|assistant|> reply<|end|>\\n
 
-A raw PPO rollout (generation prompt + reply tokens + <|end|>) lacks only the closing newline.
+A raw PPO rollout (generation prompt + reply tokens + <|end|>) lacks only the closing newline; its
+decoded reply starts with the template's space, which `jielong.chat.reply_text` removes first.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, TextIteratorStreamer
 
-from jielong.chat import END
+from jielong.chat import END, reply_text
 
 
 def load(model_dir: Path, device: str):
@@ -126,6 +126,7 @@ def interactive(tok, model, config: GenerationConfig, chat: bool, system: str | 
         print("model> ", end="", flush=True)
         reply = ""
         for piece in streamer:
+            piece = piece if reply or not chat else reply_text(piece)  # the template's opening space
             reply += piece
             print(piece, end="", flush=True)
         worker.join()

@@ -18,8 +18,10 @@ from __future__ import annotations
 import argparse
 import difflib
 import functools
+import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -68,7 +70,8 @@ def world_config(name: str, yaml_path: Path, evals: Path, p, chat: bool = False,
     if name in p.num_fewshot:
         cfg["num_fewshot"] = p.num_fewshot[name]
     if chat and cfg.get("output_type") != "loglikelihood_rolling":
-        cfg.update(doc_to_text="{{question}}", num_fewshot=0, description="", target_delimiter="")
+        # the chat template opens a reply with a space (jielong/chat.py): a choice is scored as the reply
+        cfg.update(doc_to_text="{{question}}", num_fewshot=0, description="", target_delimiter=" ")
     if name in CONSISTENCY_TASKS:
         c = p.consistency
         cfg["repeats"] = c.k
@@ -221,6 +224,12 @@ def gold_rewards(results: dict) -> dict[str, float]:
     return flat
 
 
+# lm-eval's run provenance that changes on every run or commit; kept out of results.json so a forced
+# re-run of the same model gives a byte-identical output (DVC hashes it) and downstream stages stay put
+ADDRESS = re.compile(r" at 0x[0-9a-f]+>")
+VOLATILE = ("date", "git_hash", "upper_git_hash", "start_time", "end_time", "total_evaluation_time_seconds")
+
+
 def write_samples(out: Path, results: dict) -> None:
     from lm_eval.utils import handle_non_serializable
 
@@ -229,9 +238,10 @@ def write_samples(out: Path, results: dict) -> None:
         with (out / "samples" / f"{task}.jsonl").open("w") as f:
             for s in samples:
                 f.write(json.dumps(s, default=handle_non_serializable, ensure_ascii=False) + "\n")
-    rest = {k: v for k, v in results.items() if k != "samples"}
-    (out / "results.json").write_text(json.dumps(rest, default=handle_non_serializable, indent=2,
-                                                 ensure_ascii=False, sort_keys=True) + "\n")
+    rest = {k: v for k, v in results.items() if k != "samples" and k not in VOLATILE}
+    text = json.dumps(rest, default=handle_non_serializable, indent=2, ensure_ascii=False, sort_keys=True)
+    # lm-eval writes a task's functions as "<function f at 0x7f...>": the address differs in every process
+    (out / "results.json").write_text(ADDRESS.sub(">", text) + "\n")
 
 
 # ---------------------------------------------------------------- model
@@ -252,6 +262,31 @@ def load_lm(model_dir: Path, p):
     return HFLM(pretrained=model, tokenizer=AutoTokenizer.from_pretrained(model_dir), batch_size=p.batch_size)
 
 
+def request_cache(work: Path, model_dir: Path, p) -> str:
+    """Where lm-eval's own request cache (`use_cache`, a SQLite file) keeps this run's answers.
+
+    A killed eval re-run answers every cached request from the file and computes only the rest; sampled
+    requests (the consistency probe) are never cached by lm-eval, and greedy ones consume no random
+    numbers, so the resumed run samples exactly what an uninterrupted one would. lm-eval keys entries by
+    the request alone, so the file is keyed here by the model's bytes and the eval params: another model
+    or setting never reads stale answers. Files of other keys are removed.
+    """
+    h = hashlib.sha256(json.dumps(p.model_dump(mode="json"), sort_keys=True).encode())
+    for f in sorted(model_dir.rglob("*")):
+        if f.is_file():
+            h.update(f.relative_to(model_dir).as_posix().encode())
+            h.update(hashlib.sha256(f.read_bytes()).digest())
+    key = h.hexdigest()[:16]
+    work.mkdir(parents=True, exist_ok=True)
+    for stale in work.iterdir():
+        if not stale.name.startswith(key):
+            log.info("removing request cache %s (another model or params)", stale)
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    if any(work.iterdir()):
+        log.info("resuming: answers of a killed run are read from %s", work)
+    return str(work / key)
+
+
 # ---------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -261,12 +296,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tasks", type=Path, default=Path("evals/tasks"))
     ap.add_argument("--out", type=Path, help="metrics file (default metrics/eval/<name>.json)")
     ap.add_argument("--samples", type=Path, help="per-sample outputs (default data/eval/<name>)")
+    ap.add_argument("--work", type=Path, help="request cache that survives a killed run "
+                    "(default data/eval_work/<name>; emptied after success)")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = ap.parse_args(argv)
     p = load("eval", args.params)
     name = args.name or args.model.name
     out = args.out or Path("metrics/eval") / f"{name}.json"
     samples_dir = args.samples or Path("data/eval") / name
+    work = args.work or Path("data/eval_work") / name
     if not (args.model / "config.json").exists():
         raise SystemExit(f"eval: {args.model} is not a Hugging Face model directory (no config.json)")
     if not any(v is None for v in p.benchmarks.values()):
@@ -283,8 +321,9 @@ def main(argv: list[str] | None = None) -> None:
     log.info("evaluating %s (%s prompts) on %s%s", args.model, "chat-template" if chat else "plain",
              world, f" + benchmarks {sorted(p.benchmarks)}" if p.benchmarks else "")
     start = time.perf_counter()
+    cache = request_cache(work, args.model, p)
     results = lm_eval.simple_evaluate(
-        model=load_lm(args.model, p), tasks=specs, batch_size=p.batch_size, limit=p.limit or None, apply_chat_template=chat,
+        model=load_lm(args.model, p), tasks=specs, use_cache=cache, batch_size=p.batch_size, limit=p.limit or None, apply_chat_template=chat,
         fewshot_as_multiturn=chat, log_samples=True, bootstrap_iters=p.bootstrap_iters,
         random_seed=p.seed, numpy_random_seed=p.seed, torch_random_seed=p.seed, fewshot_random_seed=p.seed,
     )
@@ -312,6 +351,8 @@ def main(argv: list[str] | None = None) -> None:
                     flat[f"{t[0]}.auroc_stderr"] = se
     shutil.rmtree(scratch, ignore_errors=True)
     write_metrics(out, flat)
+    for done in work.iterdir():  # the run is complete: its cached answers are not needed again
+        done.unlink()
     headline = {k: v for k, v in sorted(flat.items()) if not k.endswith(("_stderr", ".items"))}
     log.info("eval %s in %.0fs: %s", name, time.perf_counter() - start,
              ", ".join(f"{k}={v:.4g}" for k, v in headline.items()))

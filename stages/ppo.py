@@ -42,7 +42,7 @@ from transformers import (
 )
 
 from evals.tasks.scoring import gold_reward
-from jielong.chat import PAD
+from jielong.chat import PAD, reply_text
 from jielong.io import atomic_dir, write_csv
 from jielong.log import get_logger, progress
 from jielong.metrics import write_metrics
@@ -150,7 +150,7 @@ def response_values(critic, inputs: dict, n_response: int) -> torch.Tensor:
 def reward_scores(reward_model, tok, prompts: list[list[dict]], replies: list[str]) -> torch.Tensor:
     """The reward model's score of each conversation, rendered by the chat template as in its training.
 
-    The reward model learnt on `... <|assistant|>\\n reply <|end|>\\n`, right-padded; scoring the same
+    The reward model learnt on `... <|assistant|> reply<|end|>\\n`, right-padded; scoring the same
     rendering (jielong.reward_model, shared with the reward stage) keeps it in distribution. One batch.
     """
     ids = [encode(tok, m, r) for m, r in zip(prompts, replies, strict=True)]
@@ -188,8 +188,8 @@ def rollout(actor, reference, critic, reward_model, tok, rows: list[dict], p) ->
     reply_ids = [response[i, :int(lengths[i]) - int(ended[i])].tolist() for i in range(len(rows))]
     # the reward model reads special tokens as the policy wrote them (a reply that opens a new <|user|>
     # turn should be judged as one); the gold reward and the logs read the text a user would see
-    for_rm = tok.batch_decode(reply_ids, skip_special_tokens=False)
-    batch["texts"] = tok.batch_decode(reply_ids, skip_special_tokens=True)
+    for_rm = [reply_text(t) for t in tok.batch_decode(reply_ids, skip_special_tokens=False)]
+    batch["texts"] = [reply_text(t) for t in tok.batch_decode(reply_ids, skip_special_tokens=True)]
     batch["rm_scores"] = reward_scores(reward_model, tok, [prompt_messages(r) for r in rows], for_rm).to(device)
     # a reply cut off at max_new_tokens was scored as if finished; the penalty keeps that from paying
     batch["scores"] = batch["rm_scores"] - p.missing_eos_penalty * (~ended).float()

@@ -252,6 +252,7 @@ def test_slurm_executors_from_params(tmp_path, monkeypatch):
 def corpus_params(world_root: Path, out: Path, **corpus) -> Path:
     params = yaml.safe_load((world_root / "params.yaml").read_text())
     params["corpus"] = {**params["corpus"], "inputs": [str(world_root / "world" / "crawl" / "*.warc.gz")], **corpus}
+    params["data_roots"] = [str(world_root)]
     path = out / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     return path
@@ -341,3 +342,21 @@ def test_ray_gives_the_same_output_as_local(local_run, tiny_world_dir, tmp_path)
     log = run_stage(tmp_path, params, tmp_path / "work")
     assert "on ray" in log
     assert read_corpus(tmp_path / "corpus").equals(read_corpus(local_run / "corpus"))
+
+
+@pytest.mark.parametrize("records, named", [
+    ([], r"no document read from corpus.inputs"),
+    ([{"id": f"d{i}", "text": "Das ist ein ganz gewöhnlicher deutscher Satz über das Wetter in Berlin. " * 12}
+      for i in range(6)], r"'language' \(corpus.language\) removed the last 6 of 6"),
+])
+def test_an_empty_or_all_filtered_corpus_fails_the_stage_naming_why(tmp_path, records, named):
+    crawl = tmp_path / "crawl.jsonl"
+    crawl.write_text("".join(json.dumps(r) + "\n" for r in records))
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"data_roots": [str(tmp_path)],
+                                      "corpus": {"inputs": [str(crawl)], "tasks": 1, "workers": 1}}))
+    proc = run_stage(tmp_path, params, tmp_path / "work", wait=False)
+    log = proc.communicate(timeout=600)[0].decode(errors="replace")
+    assert proc.returncode != 0
+    assert __import__("re").search(named, log), log[-2000:]
+    assert not (tmp_path / "corpus").exists() and not (tmp_path / "corpus.json").exists()

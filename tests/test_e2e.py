@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,8 +19,13 @@ from .conftest import REPO
 pytestmark = pytest.mark.e2e
 
 
+# planted in the environment of every `dvc repro` here: none may reach dvc.lock, metrics, plots or logs
+SECRETS = {"HF_TOKEN": "hf_jielongTestSecret0001", "AWS_SECRET_ACCESS_KEY": "jielongTestSecret0002",
+           "WANDB_API_KEY": "jielongTestSecret0003", "OPENAI_API_KEY": "sk-jielongTestSecret0004"}
+
+
 def _env() -> dict:
-    env = dict(os.environ)
+    env = dict(os.environ) | SECRETS
     # the copy's dvc.yaml runs `python -m stages.<name>`: make it this interpreter
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     env.update(HF_HUB_OFFLINE="1", JIELONG_PROGRESS="0", DVC_NO_ANALYTICS="1")
@@ -49,7 +57,7 @@ def copy_repo(dest: Path) -> Path:
 def tiny_repo(tmp_path_factory) -> Path:
     repo = copy_repo(tmp_path_factory.mktemp("repo"))
     run([sys.executable, "-m", "jielong.profile", "tiny"], repo)
-    run(["dvc", "repro"], repo)
+    (repo / "repro.log").write_text(run(["dvc", "repro"], repo))  # untracked: for the secrets test
     return repo
 
 
@@ -68,6 +76,7 @@ def test_repro_produces_every_declared_output(tiny_repo):
     assert 0.0 <= evals["world_facts_mc.acc"] <= 1.0 and "world_facts_mc.acc_stderr" in evals
     sft = json.loads((tiny_repo / "metrics/eval/sft.json").read_text())
     assert {"world_facts_gen.exact_match", "world_unknown.abstain_rate", "world_known.false_abstain_rate"} <= set(sft)
+    assert (tiny_repo / "report/report.md").exists() and (tiny_repo / "report/report.html").exists()
     assert (tiny_repo / "data/sft/train.parquet").exists() and (tiny_repo / "data/eval/base/knows.parquet").exists()
     # data/ is DVC's, never git's
     for out in ("data/world", "data/corpus", "data/tokens", "data/models/base", "data/sft", "data/models/sft"):
@@ -90,3 +99,119 @@ def test_changing_a_param_reruns_the_stage(tiny_repo):
         assert "world" in status and "modified" in status
     finally:
         params.write_text(original)
+
+
+def test_no_secret_from_the_environment_is_written_anywhere(tiny_repo):
+    places = [tiny_repo / "dvc.lock", tiny_repo / "repro.log", *(tiny_repo / "metrics").rglob("*"),
+              *(tiny_repo / "plots").rglob("*"), *(tiny_repo / "data").rglob("*.json"),
+              *(tiny_repo / "data").rglob("*.jsonl"), *(tiny_repo / "data").rglob("*.log")]
+    files = [p for p in places if p.is_file()]
+    assert len(files) > 30
+    for path in files:
+        text = path.read_bytes()
+        for secret in SECRETS.values():
+            assert secret.encode() not in text, f"{secret} found in {path}"
+
+
+# ---------------------------------------------------------------- failure behaviour through dvc
+def _kill_during(repo: Path, stage: str, ready, timeout: float = 300) -> None:
+    """`dvc repro -f -s <stage>`, SIGKILLed (dvc and the stage, the whole process group) once `ready()`."""
+    proc = subprocess.Popen(["dvc", "repro", "-f", "-s", stage], cwd=repo, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, f"{stage} ended (rc {proc.returncode}) before it could be killed"
+        assert time.monotonic() < deadline, f"{stage}: no kill point within {timeout}s"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _corpus_task_done(repo: Path) -> bool:
+    return bool(list((repo / "data/corpus-work").glob("*/logs/00-filter/completions/*")))
+
+
+def _pretrain_checkpointed(repo: Path) -> bool:
+    return bool(list((repo / "data/pretrain_work").glob("*/ckpt-*/state.json")))
+
+
+def _eval_answers_cached(repo: Path) -> bool:
+    for db in (repo / "data/eval_work/base").glob("*.db"):
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.1) as con:
+                if con.execute("SELECT count(*) FROM unnamed").fetchone()[0] >= 20:
+                    return True
+        except sqlite3.Error:  # not created yet, or locked by the writer this instant
+            pass
+    return False
+
+
+WORK_DIRS = ("data/corpus-work", "data/pretrain_work", "data/eval_work")
+
+
+def _output_hashes(repo: Path) -> dict[str, str]:
+    """Every stage output's hash in dvc.lock, less the metrics, plots and report (they record wall times
+    and throughput, which differ on every run by nature) and the resumable work folders (scratch whose
+    logs hold timings; the products made from them are compared)."""
+    import yaml
+
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    return {o["path"]: o.get("md5") or o.get("hash") for st in lock.values() for o in st.get("outs", [])
+            if not o["path"].startswith(("metrics/", "plots/", "report", *WORK_DIRS))}
+
+
+@pytest.mark.parametrize("stage, work, ready, resumed", [
+    ("corpus", "data/corpus-work", _corpus_task_done, "resuming in"),
+    ("pretrain", "data/pretrain_work", _pretrain_checkpointed, "resuming from"),
+    ("eval@base", "data/eval_work/base", _eval_answers_cached, "resuming: answers of a killed run"),
+])
+def test_sigkill_mid_stage_then_repro_resumes_to_the_same_outputs(tiny_repo, stage, work, ready, resumed):
+    before = _output_hashes(tiny_repo)
+    # what the first run left to resume from goes: the kill must interrupt work done from scratch
+    for old in (tiny_repo / work).iterdir():
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+    _kill_during(tiny_repo, stage, lambda: ready(tiny_repo))
+    out = run(["dvc", "repro"], tiny_repo)
+    assert f"Running stage '{stage}'" in out and resumed in out
+    # the resumed stage wrote byte-identical outputs, so no model or dataset downstream of it was rebuilt
+    # (the report, which shows the stage's new wall time, is redrawn)
+    assert _ran(out) <= {stage, "report"}, out
+    assert _output_hashes(tiny_repo) == before
+    assert "changed" not in run(["dvc", "status"], tiny_repo).lower()
+
+
+def _ran(out: str) -> set[str]:
+    return {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+
+
+DETERMINISTIC = ["world", "decontam", "tokenizer", "tokens", "sft_data", "sft", "pref_data", "reward", "dpo", "ppo",
+                 "eval@sft", "report"]  # corpus, pretrain and eval@base: forced again by the kill test above
+
+
+def test_forced_reruns_give_identical_output_hashes(tiny_repo):
+    before = _output_hashes(tiny_repo)
+    for stage in DETERMINISTIC:
+        run(["dvc", "repro", "-f", "-s", stage], tiny_repo)
+        changed = {k for k, v in _output_hashes(tiny_repo).items() if before.get(k) != v}
+        assert not changed, f"forced re-run of {stage} changed {changed}"
+
+
+@pytest.mark.parametrize("section, key, value, expected", [
+    ("ppo", "iterations", 3, {"ppo", "eval@ppo", "report"}),   # and what reads the new policy
+    ("report", "figure_dpi", 80, {"report"}),                # a leaf: nothing else
+])
+def test_changing_one_param_reruns_exactly_its_dependents(tiny_repo, section, key, value, expected):
+    import yaml
+
+    params = tiny_repo / "params.yaml"
+    original = params.read_text()
+    changed = yaml.safe_load(original)
+    assert changed[section][key] != value
+    changed[section][key] = value
+    params.write_text(yaml.safe_dump(changed, sort_keys=False))
+    try:
+        assert _ran(run(["dvc", "repro"], tiny_repo)) == expected
+    finally:
+        params.write_text(original)
+        run(["dvc", "repro"], tiny_repo)  # back to the profile's params
+    assert "changed" not in run(["dvc", "status"], tiny_repo).lower()

@@ -130,7 +130,8 @@ def tiny_model(tmp_path_factory, tiny_crawl_corpus_dir) -> Path:
 
 
 def _params(tmp_path: Path, **eval_params) -> Path:
-    p = {"eval": {"limit": 6, "batch_size": 16, "bootstrap_iters": 50,
+    p = {"data_roots": [str(tmp_path)],  # local benchmark files live in the test's folder
+         "eval": {"limit": 6, "batch_size": 16, "bootstrap_iters": 50,
                   "consistency": {"k": 3}, **eval_params}}
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(p))
@@ -180,7 +181,7 @@ def test_chat_models_are_prompted_through_their_template(tmp_path, tiny_model, t
     # asked as a user would: the bare question in one user turn, zero-shot, no instructions
     text = prompt["arguments"][0][0]
     assert text.count("<|user|>") == 1 and "Question:" not in text and "<|system|>" not in text
-    assert text.endswith(f"<|user|>\n{prompt['doc']['question']}<|end|>\n<|assistant|>\n")
+    assert text.endswith(f"<|user|> {prompt['doc']['question']}<|end|>\n<|assistant|>")
 
 
 def test_unknown_task_lists_the_available_ones(tmp_path, tiny_model, tiny_decontam_dir):

@@ -134,7 +134,7 @@ def test_a_pair_is_encoded_as_a_rollout_closed_by_the_template(tiny_base):
     ids = reward_model.encode(tok, prompt, "March 10, 1969")
     rollout = tok.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"]
     # generation prompt + reply + <|end|>, then the template's closing newline
-    assert ids[:len(rollout)] == rollout and tok.decode(ids[len(rollout):]) == f"March 10, 1969{END}\n"
+    assert ids[:len(rollout)] == rollout and tok.decode(ids[len(rollout):]) == f" March 10, 1969{END}\n"
 
 
 # ---------------------------------------------------------------- the stages

@@ -86,7 +86,7 @@ def test_loss_is_on_every_assistant_turn_and_nothing_else(tmp_path, tiny_base):
     trained = ids[labels != -100]
     assert torch.equal(labels[labels != -100], trained)
     # exactly the three replies, each with the end-of-turn token that teaches the model to stop
-    assert tok.decode(trained) == f"May 2, 1990{END}University of Lowmarsh{END}I don't know.{END}"
+    assert tok.decode(trained) == f" May 2, 1990{END} University of Lowmarsh{END} I don't know.{END}"
     untrained = tok.decode(ids[labels == -100])
     assert "When was Ada Quill born?" in untrained and "Be brief." in untrained and "May 2" not in untrained
 

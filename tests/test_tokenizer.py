@@ -45,11 +45,23 @@ def test_multi_turn_assistant_mask_covers_every_assistant_turn(tok):
         if not m and start is not None:
             spans.append(tok.decode(ids[start:i]))
             start = None
-    assert spans == ["Lisbon." + END, "Halvern University." + END]
+    assert spans == [" Lisbon." + END, " Halvern University." + END]
     rendered = tok.apply_chat_template(conv, tokenize=False)
-    assert rendered.startswith("<|user|>\nWhere was Ada Dunmore born?<|end|>\n<|assistant|>\n")
+    assert rendered.startswith("<|user|> Where was Ada Dunmore born?<|end|>\n<|assistant|> Lisbon.<|end|>\n")
     prompt = tok.apply_chat_template(conv[:1], tokenize=False, add_generation_prompt=True)
-    assert prompt.endswith("<|assistant|>\n")
+    assert prompt.endswith("<|assistant|>")
+
+
+def test_a_reply_is_tokenised_as_the_same_words_mid_sentence(tok):
+    """A fact's value must be the same tokens in a chat reply as in the pretraining text that stated it,
+    or SFT cannot tie the question to what the base model stored about the person."""
+    in_text = tok("Ada Dunmore was born in Halvern City.", add_special_tokens=False)["input_ids"]
+    value = tok(" Halvern City", add_special_tokens=False)["input_ids"]
+    assert any(in_text[i:i + len(value)] == value for i in range(len(in_text)))
+    conv = [{"role": "user", "content": "Where was Ada Dunmore born?"}, {"role": "assistant", "content": "Halvern City"}]
+    out = tok.apply_chat_template(conv, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    reply = [i for i, m in zip(out["input_ids"], out["assistant_masks"], strict=True) if m]
+    assert reply[:len(value)] == value
 
 
 def test_unknown_role_is_refused(tok):

@@ -1,0 +1,352 @@
+"""The report card: every stage's numbers in one Markdown page and its HTML twin.
+
+    python -m stages.report --metrics metrics --plots plots --out report
+
+Reads only metrics/ (the flat JSON every stage writes) and plots/ (the curves), never a model or a
+data set, so it runs in a second and can be rebuilt for any commit. Writes report/report.md,
+report/report.html (open it from disk; its pictures are report/figures/*.png) in this order:
+
+    the corpus funnel        crawl pages by kind, documents in/out of every step and why they left
+    contamination            per eval task: items, contaminated, kept; planted leaks caught
+    the tokenizer            vocabulary, bytes per token, speed next to tiktoken
+    training                 headline numbers and curves of pretrain, sft, reward, dpo, ppo
+    evaluation               every model's metrics side by side, `value ± stderr`
+    hallucination            per model: abstains on unknown people, hallucinates, abstains on known
+    reward, PPO and DPO      pairwise accuracy per failure kind, proxy and gold reward against KL
+    throughput               tokens/s, MB/s, MFU, ... of every stage
+
+A stage that has not run (its metrics file or curve is absent: the tiny profile, a subset of
+eval.models) shows "not run"; a metrics file that is not flat JSON numbers fails the stage, naming
+the file and the key. The output holds no timestamps: the same inputs give the same files.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from jielong.io import atomic_dir
+from jielong.log import get_logger
+from jielong.params import load
+from jielong.report import (
+    Block,
+    Heading,
+    Image,
+    Line,
+    Metrics,
+    ReportError,
+    Table,
+    Text,
+    draw,
+    number,
+    read_column,
+    read_metrics,
+    to_html,
+    to_markdown,
+    with_stderr,
+)
+
+log = get_logger("report")
+
+STAGES = ("world", "corpus", "decontam", "tokenizer", "pretrain", "sft", "reward", "ppo", "dpo")
+# the corpus pipeline's steps in the order documents pass them (stages/corpus.py); metrics sort them by name
+FUNNEL_STEPS = ("read", "url_filter", "extract", "language", "gopher_repetition", "gopher_quality", "c4",
+                "fineweb", "pii", "exact_dedup", "near_dedup")
+
+
+# ---------------------------------------------------------------- inputs
+@dataclass(frozen=True)
+class Inputs:
+    metrics_dir: Path
+    plots_dir: Path
+    stages: dict[str, Metrics]  # stage name -> its metrics; a stage that has not run is absent
+    evals: dict[str, Metrics]  # model -> metrics/eval/<model>.json
+    models: list[str]  # eval columns: params' report.models, then any other model with a file
+
+    def where(self, *parts: str) -> str:
+        """A path as the reader knows it (metrics/ppo.json), whatever directory the report read."""
+        return "/".join((self.metrics_dir.name, *parts))
+
+
+def read_inputs(metrics_dir: Path, plots_dir: Path, models: tuple[str, ...] | list[str]) -> Inputs:
+    # Every file is read up front, so a broken one fails the stage before anything is written.
+    stages = {s: m for s in STAGES if (m := read_metrics(metrics_dir / f"{s}.json")) is not None}
+    files = sorted((metrics_dir / "eval").glob("*.json"))
+    evals = {f.stem: read_metrics(f) for f in files}
+    order = [*models, *sorted(set(evals) - set(models))]
+    return Inputs(metrics_dir, plots_dir, stages, evals, order)
+
+
+def not_run(what: str) -> Text:
+    return Text(f"not run: no {what}")
+
+
+def key_value_table(m: Metrics, keys: list[str], digits: int, header=("metric", "value")) -> Table:
+    return Table(list(header), [[k, number(m[k], digits)] for k in keys if k in m])
+
+
+# ---------------------------------------------------------------- corpus funnel
+def funnel_section(inp: Inputs, digits: int) -> list[Block]:
+    blocks: list[Block] = [Heading("Corpus funnel")]
+    world = inp.stages.get("world")
+    if world is None:
+        blocks.append(not_run(inp.where("world.json")))
+    else:
+        kinds = sorted(k for k in world if k.startswith("pages.") and k != "pages.total")
+        rows = [[k.removeprefix("pages."), number(world[k])] for k in kinds]
+        rows.append(["total", number(world.get("pages.total"))])
+        blocks += [Text(f"What the generated crawl holds ({inp.where('world.json')}): pages by kind."),
+                   Table(["kind", "pages"], rows)]
+
+    corpus = inp.stages.get("corpus")
+    if corpus is None:
+        return [*blocks, not_run(inp.where("corpus.json"))]
+    removed = {k.removeprefix("removed."): v for k, v in corpus.items() if k.startswith("removed.")}
+    steps = [s for s in FUNNEL_STEPS if s in removed] + sorted(set(removed) - set(FUNNEL_STEPS))
+    left, rows = corpus.get("docs_in", 0), []
+    for step in steps:
+        prefix = f"reasons.{step}."
+        why = ", ".join(f"{k.removeprefix(prefix)} {number(v)}" for k, v in sorted(corpus.items())
+                        if k.startswith(prefix))
+        rows.append([step, number(left), number(removed[step]), number(left - removed[step]), why])
+        left -= removed[step]
+    rows.append(["documents out", "", "", number(corpus.get("docs_out")), ""])
+    blocks += [Text("Documents into and out of every step of the datatrove pipeline, with the reasons "
+                    f"the filters gave ({inp.where('corpus.json')})."),
+               Table(["step", "in", "removed", "out", "reasons"], rows, text=(0, 4))]
+    caught = sorted(k for k in corpus if k.startswith("recall.")) + ["pii_recall", "good_removed_rate"]
+    blocks += [Text("Against the world's ground truth: the share of each planted kind of dirt removed, "
+                    "PII values scrubbed, and good pages lost."),
+               key_value_table(corpus, caught, digits)]
+    return blocks
+
+
+# ---------------------------------------------------------------- contamination, tokenizer
+def contamination_section(inp: Inputs, digits: int) -> list[Block]:
+    blocks: list[Block] = [Heading("Contamination")]
+    d = inp.stages.get("decontam")
+    if d is None:
+        return [*blocks, not_run(inp.where("decontam.json"))]
+    tasks = sorted(k.removesuffix(".items") for k in d if k.endswith(".items"))
+    rows = [[t, number(d.get(f"{t}.items")), number(d.get(f"{t}.contaminated")),
+             number(d.get(f"{t}.rate"), digits), number(d.get(f"{t}.kept"))] for t in tasks]
+    blocks += [Text("Evaluation items sharing n-grams with a corpus document, per task; contaminated "
+                    "items are dropped (or flagged) before evaluation."),
+               Table(["task", "items", "contaminated", "rate", "kept"], rows),
+               key_value_table(d, ["planted_leaks", "planted_leaks_recall", "false_positives",
+                                   "corpus.docs", "corpus.contaminating_docs", "corpus.removed_docs"], digits)]
+    return blocks
+
+
+def tokenizer_section(inp: Inputs, digits: int) -> list[Block]:
+    t = inp.stages.get("tokenizer")
+    if t is None:
+        return [Heading("Tokenizer"), not_run(inp.where("tokenizer.json"))]
+    return [Heading("Tokenizer"), key_value_table(t, sorted(t), digits)]
+
+
+# ---------------------------------------------------------------- training curves
+@dataclass(frozen=True)
+class Curve:
+    name: str  # figures/<name>.png
+    title: str
+    lines: tuple[Line, ...]
+    ylabel: str
+    xlabel: str = "step"
+    logy: bool = False
+
+
+CURVES = (
+    Curve("pretrain_loss", "Pretraining loss", (Line("pretrain/train.csv", "loss", "train"),
+                                                Line("pretrain/val.csv", "val_loss", "validation")),
+          "loss", logy=True),
+    Curve("sft_loss", "SFT loss", (Line("sft/train.csv", "loss", "train"),
+                                   Line("sft/val.csv", "val_loss", "validation")), "loss", logy=True),
+    Curve("reward_accuracy", "Reward model pairwise accuracy",
+          (Line("reward/train.csv", "accuracy", "train batch"),
+           Line("reward/val.csv", "val_accuracy", "validation")), "accuracy"),
+    Curve("dpo_loss", "DPO loss", (Line("dpo/train.csv", "loss", "train"),
+                                   Line("dpo/val.csv", "val_loss", "validation")), "loss"),
+    Curve("ppo_reward", "PPO reward per iteration",
+          (Line("ppo/train.csv", "reward", "proxy (reward model)"),
+           Line("ppo/train.csv", "gold_reward", "gold (ground truth)")), "reward", xlabel="iteration"),
+)
+OVEROPTIMISATION = Curve(
+    "ppo_overoptimisation", "Proxy and gold reward against KL to the reference",
+    (Line("ppo/train.csv", "reward", "proxy (reward model)", x="kl", points=True),
+     Line("ppo/train.csv", "gold_reward", "gold (ground truth)", x="kl", points=True)), "reward",
+    xlabel="KL to the reference (per iteration)")
+
+
+def figure(curve: Curve, inp: Inputs, figures: Path, dpi: int) -> Block:
+    """The curve drawn into figures/<name>.png, or "not run" when none of its CSVs or columns exist."""
+    found, missing = [], []
+    for line in curve.lines:
+        xy = read_column(inp.plots_dir / line.csv, line.x, line.y)
+        if xy is None:
+            missing.append(f"{inp.plots_dir.name}/{line.csv}:{line.y}")
+        else:
+            found.append((line, *xy))
+    if not found:
+        return Text(f"{curve.title}: not run (no {', '.join(missing)})")
+    draw(figures / f"{curve.name}.png", curve.title, found, curve.xlabel, curve.ylabel, dpi, curve.logy)
+    caption = curve.title + (f" (not run: {', '.join(missing)})" if missing else "")
+    return Image(f"figures/{curve.name}.png", caption)
+
+
+def training_section(inp: Inputs, figures: Path, digits: int, dpi: int) -> list[Block]:
+    rows = []
+    for stage in ("pretrain", "sft", "reward", "dpo"):
+        m = inp.stages.get(stage)
+        if m is None:
+            rows.append([stage, "not run", "", "", "", ""])
+            continue
+        rows.append([stage, *(number(m.get(k), digits) for k in
+                              ("steps", "tokens", "train_loss", "val_loss_first", "val_loss"))])
+    return [Heading("Training"),
+            Text("Final training loss, and validation loss before the first step and after the last."),
+            Table(["stage", "steps", "tokens", "train loss", "val loss at start", "val loss at end"], rows),
+            *(figure(c, inp, figures, dpi) for c in CURVES)]
+
+
+# ---------------------------------------------------------------- evaluation, hallucination
+def eval_section(inp: Inputs, digits: int) -> list[Block]:
+    blocks: list[Block] = [Heading("Evaluation")]
+    ran = [m for m in inp.models if m in inp.evals]
+    skipped = [m for m in inp.models if m not in inp.evals]
+    if not ran:
+        return [*blocks, not_run(inp.where("eval", "<model>.json"))]
+    keys = sorted({k for m in ran for k in inp.evals[m] if not k.endswith("_stderr")})
+    rows = [[k, *(with_stderr(inp.evals[m], k, digits) for m in ran)] for k in keys]
+    blocks += [Text("Every model's lm-eval metrics side by side (value ± stderr where the task reports one; "
+                    ".items is the number of items scored)."),
+               Table(["metric", *ran], rows)]
+    if skipped:
+        blocks.append(Text("not run: " + ", ".join(f"{m} (no {inp.where('eval', m + '.json')})" for m in skipped)))
+    return blocks
+
+
+HALLUCINATION = (("abstains on unknown people", "world_unknown.abstain_rate"),
+                 ("hallucinates on unknown people", "world_unknown.hallucination_rate"),
+                 ("abstains on known people", "world_known.false_abstain_rate"),
+                 ("gold reward", "gold_reward.mean"))
+
+
+def hallucination_section(inp: Inputs, digits: int) -> list[Block]:
+    rows = []
+    for model in inp.models:
+        m = inp.evals.get(model)
+        rows.append([model, *(with_stderr(m, k, digits) if m else "not run" for _, k in HALLUCINATION)])
+    return [Heading("Hallucination"),
+            Text("Asked about people the corpus never mentions, a model should say it does not know; "
+                 "asked about people it saw, it should answer."),
+            Table(["model", *(label for label, _ in HALLUCINATION)], rows)]
+
+
+# ---------------------------------------------------------------- reward, PPO, DPO
+def before_after(m: Metrics, rows: list[tuple[str, str, str]], digits: int, after: str) -> Table:
+    """Rows of (label, key before, key after): the SFT model's value next to the tuned model's."""
+    return Table(["metric", "SFT", after], [[label, number(m.get(b), digits), number(m.get(a), digits)]
+                                             for label, b, a in rows])
+
+
+def alignment_section(inp: Inputs, figures: Path, digits: int, dpi: int) -> list[Block]:
+    blocks: list[Block] = [Heading("Reward model, PPO and DPO"), Heading("Reward model", 3)]
+    r = inp.stages.get("reward")
+    if r is None:
+        blocks.append(not_run(inp.where("reward.json")))
+    else:
+        kinds = sorted(k for k in r if k.startswith("pairwise_acc."))
+        blocks += [Text("Share of held-out preference pairs the reward model ranks right, overall and per "
+                        "kind of rejected reply."),
+                   key_value_table(r, ["pairwise_acc", *kinds, "margin_mean", "reward.chosen_mean",
+                                       "reward.rejected_mean"], digits)]
+    blocks.append(Heading("PPO", 3))
+    p = inp.stages.get("ppo")
+    if p is None:
+        blocks.append(not_run(inp.where("ppo.json")))
+    else:
+        blocks += [Text("Held-out train-split prompts, answered by the SFT model and by the PPO policy."),
+                   before_after(p, [("proxy reward (reward model)", "sft.reward_mean", "reward_mean"),
+                                    ("gold reward", "sft.gold_reward", "gold_reward"),
+                                    ("response length", "sft.response_len", "response_len")], digits, "PPO"),
+                   key_value_table(p, ["kl", "kl_coef", "no_eos_frac", "iterations", "rollouts"], digits)]
+    blocks += [Text("Over-optimisation shows as a proxy reward that keeps rising with KL to the reference "
+                    "while the gold reward, never trained on, stalls or falls."),
+               figure(OVEROPTIMISATION, inp, figures, dpi), Heading("DPO", 3)]
+    d = inp.stages.get("dpo")
+    if d is None:
+        blocks.append(not_run(inp.where("dpo.json")))
+    else:
+        blocks += [Text("Gold reward on held-out train-split prompts before (SFT) and after DPO; validation "
+                        "preference accuracy and margin."),
+                   before_after(d, [("gold reward", "gold_reward_sft", "gold_reward")], digits, "DPO"),
+                   key_value_table(d, ["val_accuracy", "val_margin", "val_loss"], digits)]
+    return blocks
+
+
+# ---------------------------------------------------------------- throughput
+def is_speed(key: str) -> bool:
+    return key.endswith("_per_s") or "_per_s_" in key or key in ("mfu", "wall_s", "train_s", "encode_vs_tiktoken")
+
+
+def throughput_section(inp: Inputs, digits: int) -> list[Block]:
+    rows = [[stage, key, number(m[key], digits)] for stage, m in inp.stages.items()
+            for key in sorted(m) if is_speed(key)]
+    if not rows:
+        return [Heading("Throughput"), Text("not run: no stage reported its speed")]
+    return [Heading("Throughput"), Text("How fast each stage ran on this machine (wall_s and train_s in "
+                                        "seconds; mfu is the share of the hardware's peak FLOP/s)."),
+            Table(["stage", "metric", "value"], rows, text=(0, 1))]
+
+
+# ---------------------------------------------------------------- main
+def build(inp: Inputs, figures: Path, title: str, digits: int, dpi: int) -> list[Block]:
+    return [Heading(title, 1),
+            Text(f"Every number below comes from {inp.metrics_dir.name}/ and every curve from "
+                 f"{inp.plots_dir.name}/, as the pipeline's stages wrote them."),
+            *funnel_section(inp, digits),
+            *contamination_section(inp, digits),
+            *tokenizer_section(inp, digits),
+            *training_section(inp, figures, digits, dpi),
+            *eval_section(inp, digits),
+            *hallucination_section(inp, digits),
+            *alignment_section(inp, figures, digits, dpi),
+            *throughput_section(inp, digits)]
+
+
+def check(out: Path, blocks: list[Block]) -> None:
+    """Every picture the report shows exists and is a PNG."""
+    for b in blocks:
+        if isinstance(b, Image):
+            png = out / b.path
+            if not png.exists() or png.read_bytes()[:8] != b"\x89PNG\r\n\x1a\n":
+                raise ReportError(f"{png}: the report shows it but it is missing or not a PNG")
+
+
+def main(argv: list[str] | None = None) -> Path:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--metrics", type=Path, default=Path("metrics"))
+    ap.add_argument("--plots", type=Path, default=Path("plots"))
+    ap.add_argument("--out", type=Path, default=Path("report"))
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = ap.parse_args(argv)
+    p = load("report", args.params)
+
+    inp = read_inputs(args.metrics, args.plots, p.models)
+    log.info("report: metrics of %s; eval of %s", ", ".join(inp.stages) or "no stage",
+             ", ".join(m for m in inp.models if m in inp.evals) or "no model")
+    with atomic_dir(args.out) as tmp:
+        (tmp / "figures").mkdir()
+        blocks = build(inp, tmp / "figures", p.title, p.digits, p.figure_dpi)
+        check(tmp, blocks)
+        (tmp / "report.md").write_text(to_markdown(blocks))
+        (tmp / "report.html").write_text(to_html(blocks, p.title))
+    log.info("report: wrote %s and %s (%d figures)", args.out / "report.md", args.out / "report.html",
+             sum(isinstance(b, Image) for b in blocks))
+    return args.out
+
+
+if __name__ == "__main__":
+    main()
