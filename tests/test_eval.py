@@ -130,7 +130,7 @@ def tiny_model(tmp_path_factory, tiny_crawl_corpus_dir) -> Path:
 
 
 def _params(tmp_path: Path, **eval_params) -> Path:
-    p = {"data_roots": [str(tmp_path)],  # local benchmark files live in the test's folder
+    p = {"data_roots": ["data", str(tmp_path)],  # local benchmark files live in the test's folder
          "eval": {"limit": 6, "batch_size": 16, "bootstrap_iters": 50,
                   "consistency": {"k": 3}, **eval_params}}
     path = tmp_path / "params.yaml"
