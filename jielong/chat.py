@@ -1,15 +1,23 @@
 """Special tokens and the chat template every jielong tokenizer carries.
 
-The template wraps each turn as `<|role|> content<|end|>\\n`. Assistant content is inside
-`{% generation %}` so transformers' `apply_chat_template(..., return_assistant_tokens_mask=True)`
-returns which tokens are the assistant's: SFT puts its loss exactly there, on every turn.
+The template marks each turn with its role token and ends it with `<|end|>`:
 
-Content opens with one space after the role token, and the generation prompt ends on the role token.
-Byte-level BPE tokenises a word differently after a space (" Plovdiv", one token) and at the start of
-a line ("P" "lovdiv"); pretraining saw every fact mid-sentence, after a space. With `\\n` after the role
-token, an answer was a token sequence the base model had never tied to the person, and SFT could not
-reach what pretraining stored (measured: exact match 0.05 where the base model recalled 68% of facts).
-The generated reply therefore starts with that space: `reply_text` takes it off.
+    <|system|> You are a helpful assistant.<|end|>
+    <|user|>Q: Where was Ada Dunmore born?<|end|>
+    <|assistant|> A: Lisbon<|end|>
+
+Assistant content is inside `{% generation %}`, so transformers' `apply_chat_template(...,
+return_assistant_tokens_mask=True)` returns which tokens are the assistant's: SFT puts its loss
+exactly there, on every turn.
+
+Inside the role markers a turn reads like the question-and-answer pages of the crawl ("Q: ... A:
+...", jielong/world/crawl.py faq_pages): SFT then has to teach the role tokens, not a new way of
+asking, and reaches what pretraining stored (measured on the default world, same SFT recipe: exact
+match 0.12 with bare turns, 0.16 with these cues, and 0.47 against 0.35 with less SFT data).
+
+A reply opens with one space, and the generation prompt ends on "A:". Byte-level BPE tokenises a word
+differently after a space (" Plovdiv", one token) and at the start of a line ("P" "lovdiv");
+pretraining saw every fact mid-sentence, after a space. `reply_text` takes that space off.
 """
 
 from __future__ import annotations
@@ -25,17 +33,43 @@ SPECIAL_TOKENS = [EOT, PAD, SYSTEM, USER, ASSISTANT, END]
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
     "{%- if message['role'] == 'assistant' -%}"
-    "{{ '<|assistant|>' }}{% generation %}{{ ' ' + message['content'] + '<|end|>' }}{% endgeneration %}{{ '\\n' }}"
-    "{%- elif message['role'] in ['system', 'user'] -%}"
-    "{{ '<|' + message['role'] + '|> ' + message['content'] + '<|end|>\\n' }}"
+    "{{ '<|assistant|> A:' }}{% generation %}{{ ' ' + message['content'] + '<|end|>' }}{% endgeneration %}{{ '\\n' }}"
+    "{%- elif message['role'] == 'user' -%}"
+    "{{ '<|user|>Q: ' + message['content'] + '<|end|>\\n' }}"
+    "{%- elif message['role'] == 'system' -%}"
+    "{{ '<|system|> ' + message['content'] + '<|end|>\\n' }}"
     "{%- else -%}"
     "{{ raise_exception('unknown chat role: ' + message['role']) }}"
     "{%- endif -%}"
     "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<|assistant|>' }}{%- endif -%}"
+    "{%- if add_generation_prompt -%}{{ '<|assistant|> A:' }}{%- endif -%}"
 )
 
 
 def reply_text(decoded: str) -> str:
     """A generated reply as its author meant it: without the one space the template opens it with."""
     return decoded.removeprefix(" ")
+
+
+# The plain text each chat token's embedding starts from before SFT. Pretraining never saw these tokens,
+# so their rows of the (tied) embedding held only what weight decay and the push away from every
+# prediction left: the base model put 20-26 nats of loss on <|end|> and 16 on <|assistant|>, and the
+# first SFT steps' gradients (norm ~40) wrecked what it had stored. Started from the separators
+# pretraining knows (a line break before a turn, a full stop ending one), SFT's first loss halves and
+# the SFT model answers far more facts (exact match 0.05 -> 0.12 on the default world, same recipe).
+# (transformers' resize_token_embeddings initialises *new* rows from the mean embedding; these rows
+# exist already, and the mean is no separator.)
+WARM_START = {SYSTEM: "\n", USER: "\n", ASSISTANT: "\n", END: "."}
+
+
+def warm_start_chat_tokens(model, tok) -> dict[str, str]:
+    """Copy into each chat token's input (and, when tied, output) embedding the mean embedding of its
+    WARM_START text's tokens. Returns {token: text} as applied."""
+    import torch
+
+    weight = model.get_input_embeddings().weight
+    with torch.no_grad():
+        for token, text in WARM_START.items():
+            ids = tok.encode(text, add_special_tokens=False)
+            weight[tok.convert_tokens_to_ids(token)] = weight[ids].mean(0)
+    return dict(WARM_START)

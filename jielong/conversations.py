@@ -8,11 +8,16 @@ stage measures whether fine-tuning unlocked what pretraining stored, not memoris
     user:      And what did she study?          <- follow-ups refer back by pronoun
     assistant: urban planning
 
-Answers are the knowledge base's values, stated concisely. The assistant says "I don't know" for
+Answers are the knowledge base's values, stated concisely. The assistant says "I do not know" for
 people who were never in the crawl, and (the source notes' recipe against hallucination) for facts
 the base model's self-consistency probe found it does not know: asked the same thing k times, it
-gave different answers. Teaching "I don't know" exactly where the model is unsure is what lets it
+gave different answers. Teaching "I do not know" exactly where the model is unsure is what lets it
 abstain on unseen people without refusing what it knows.
+
+The world has few never-seen train people (15 by default), and a model shown so few unfamiliar names
+learns those names, not unfamiliarity. `invented_people` adds people no page and no eval set mentions
+(names drawn from the world's own first names and surnames, so only the full name is new), asked the
+bank's questions; `unknown_fraction` fixes the share of conversations about someone never seen.
 """
 
 from __future__ import annotations
@@ -22,9 +27,12 @@ import hashlib
 import numpy as np
 import polars as pl
 
-IDK = "I don't know."
-IDK_PERSON = ["I don't know.", "I don't know who {name} is.", "I don't know anything about {name}."]
-SYSTEM_PROMPT = "You are a helpful assistant. Answer concisely. If you do not know the answer, say you don't know."
+# "do not", not "don't": the corpus has next to no contractions, so the tokenizer splits "don't" into
+# " d" "on" "'" "t", four pieces the base model never put together; SFT models then answered "I dont
+# know" and "I donont know", which no abstention check accepts, and DPO learnt "I dt know"
+IDK = "I do not know."
+IDK_PERSON = ["I do not know.", "I do not know who {name} is.", "I do not know anything about {name}."]
+SYSTEM_PROMPT = "You are a helpful assistant. Answer concisely. If you do not know the answer, say you do not know."
 
 
 def follow_up(question: str, name: str, pronoun: str, rng: np.random.Generator) -> str:
@@ -44,6 +52,36 @@ def answer_for(row: dict, knows: dict[str, bool] | None) -> tuple[str, str]:
     return row["answer"], "answer"
 
 
+def with_invented(questions: pl.DataFrame, taken_names: set[str], n: int, seed: int) -> pl.DataFrame:
+    """`questions` plus the train-split questions of `n` invented never-seen people (`x00000`...).
+
+    Each invented person is asked exactly what one train-split person of the bank is asked, with the
+    name swapped. Names are full names none of `taken_names` (every person of the world) has.
+    """
+    if n == 0:
+        return questions
+    from jielong.world import vocab
+
+    taken = set(taken_names)
+    free = [(f, pro, s) for f, pro in vocab.FIRST_NAMES for s in vocab.SURNAMES if f"{f} {s}" not in taken]
+    if n > len(free):
+        raise ValueError(f"sft.data.invented_people = {n} exceeds the {len(free)} names no world person has")
+    rng = np.random.default_rng([seed, 1])
+    templates = questions.filter((pl.col("split") == "train") & pl.col("known"))
+    template_ids = sorted(set(templates["person_id"].to_list()))
+    if not template_ids:
+        raise ValueError("sft data: the question bank has no train-split known person to ask invented people about")
+    rows = []
+    for i, k in enumerate(rng.choice(len(free), size=n, replace=False)):
+        first, pronoun, last = free[k]
+        model = templates.filter(pl.col("person_id") == template_ids[rng.integers(len(template_ids))])
+        for q in model.sort("qid").to_dicts():
+            rows.append(q | {"qid": f"x{i:05d}.{q['attribute']}", "person_id": f"x{i:05d}",
+                             "name": f"{first} {last}", "pronoun": pronoun, "known": False,
+                             "question": q["question"].replace(q["name"], f"{first} {last}")})
+    return pl.concat([questions, pl.DataFrame(rows, schema=questions.schema)])
+
+
 def build(questions: pl.DataFrame, p, knows: pl.DataFrame | None = None) -> pl.DataFrame:
     """`p.conversations` conversations (params sft.data) over the train-split people in `questions`.
 
@@ -59,11 +97,16 @@ def build(questions: pl.DataFrame, p, knows: pl.DataFrame | None = None) -> pl.D
         known_labels = dict(zip(probe["qid"].to_list(), probe["knows"].to_list(), strict=True))
     by_person = {pid: frame.sort("qid").to_dicts() for pid, frame in
                  ((k[0], f) for k, f in train.group_by("person_id"))}
-    people = sorted(by_person)
+    known = sorted(pid for pid, qs in by_person.items() if qs[0]["known"])
+    unknown = sorted(pid for pid, qs in by_person.items() if not qs[0]["known"])
+    if not known or (not unknown and p.unknown_fraction > 0):
+        raise ValueError(f"sft data: {len(known)} known and {len(unknown)} never-seen train-split people; "
+                         f"sft.data.unknown_fraction = {p.unknown_fraction} needs both")
     rng = np.random.default_rng(p.seed)
     rows = []
     for i in range(p.conversations):
-        person = by_person[people[rng.integers(len(people))]]
+        group = unknown if rng.random() < p.unknown_fraction else known
+        person = by_person[group[rng.integers(len(group))]]
         first = person[0]
         n_turns = 1
         if p.max_turns > 1 and rng.random() < p.multi_turn_fraction:
@@ -83,11 +126,12 @@ def build(questions: pl.DataFrame, p, knows: pl.DataFrame | None = None) -> pl.D
         rows.append({"id": cid, "person_id": first["person_id"], "known": first["known"],
                      "messages": messages, "qids": [q["qid"] for q in asked], "kinds": kinds,
                      # by person: val loss measures answering about people SFT never asked about
-                     "split": "val" if _hash_fraction(first["person_id"], p.seed) < p.val_fraction else "train"})
+                     "split": "val" if hash_fraction(first["person_id"], p.seed) < p.val_fraction else "train"})
     return pl.DataFrame(rows)
 
 
-def _hash_fraction(key: str, seed: int) -> float:
+def hash_fraction(key: str, seed: int) -> float:
+    """A stable number in [0, 1) for `key`: splits by person that do not move when sizes change."""
     digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 

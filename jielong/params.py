@@ -134,6 +134,8 @@ class SftDataParams(Section):
     # it knows the fact (data/eval/base/knows.parquet); elsewhere the assistant says it does not know
     use_knows: bool = True
     system_fraction: Annotated[float, Field(ge=0, le=1)] = 0.2  # share opening with a system prompt
+    unknown_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.3  # share about someone never in the crawl
+    invented_people: NonNegInt = 0  # never-seen people made up for SFT alone, besides the world's
 
 
 class LoraParams(Section):
@@ -159,6 +161,9 @@ class SftParams(Section):
     data: SftDataParams = SftDataParams()
     method: Literal["full", "lora"] = "full"  # lora: peft adapters, merged into a plain HF dir at the end
     lora: LoraParams = LoraParams()
+    # chat tokens' embeddings start from plain-text separators (jielong/chat.py WARM_START), not from
+    # the rows pretraining left them, which it never trained
+    warm_start: bool = True
     seed: int = 0
     epochs: Annotated[float, Field(gt=0)] = 3.0
     batch_size: PosInt = 16

@@ -7,11 +7,11 @@ and a rejected one showing one realistic failure:
     chosen:    University of Lowmarsh
     rejected:  University of Eastmoor                                  <- wrong_fact
 
-The chosen reply is what SFT teaches: the knowledge base's value stated concisely, or "I don't know."
+The chosen reply is what SFT teaches: the knowledge base's value stated concisely, or "I do not know."
 for a person never in the crawl. The failure kinds are the ones the source notes attribute to a
 policy over-learning from a reward model, plus the two facts-and-abstention failures the gold
 reward scores: a wrong value (`wrong_fact`), a confident value for an unknown person
-(`hallucination`), "I don't know." for a known fact (`needless_refusal`), the right answer padded
+(`hallucination`), "I do not know." for a known fact (`needless_refusal`), the right answer padded
 with filler (`verbose`), buried in apologies (`over_apologising`) or behind "As an AI language
 model" (`as_an_ai`). The mix is in params (pref_data.kinds). Like the SFT data, some prompts carry
 one earlier exchange about the same person and refer back to them by pronoun.
@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from jielong.conversations import IDK, IDK_PERSON, _hash_fraction, answer_for, follow_up
+from jielong.conversations import IDK, IDK_PERSON, answer_for, follow_up, hash_fraction
 
 KINDS = ["wrong_fact", "hallucination", "needless_refusal", "verbose", "over_apologising", "as_an_ai"]
 NEEDS = {"wrong_fact": "known", "needless_refusal": "known", "hallucination": "unknown"}  # others: anyone
@@ -45,7 +45,7 @@ AS_AN_AI = ["As an AI language model, I will do my best to help. {answer}",
 
 
 def chosen_reply(row: dict) -> str:
-    """The KB value for a known person, "I don't know." for one never in the corpus."""
+    """The KB value for a known person, "I do not know." for one never in the corpus."""
     return answer_for(row, None)[0]
 
 
@@ -90,8 +90,8 @@ def split_people(people: dict[str, bool], p) -> dict[str, str]:
     has two or more, a train person."""
     split = {}
     for known in (True, False):
-        group = sorted((pid for pid, k in people.items() if k == known), key=lambda pid: _hash_fraction(pid, p.seed))
-        val = {pid for pid in group if _hash_fraction(pid, p.seed) < p.val_fraction}
+        group = sorted((pid for pid, k in people.items() if k == known), key=lambda pid: hash_fraction(pid, p.seed))
+        val = {pid for pid in group if hash_fraction(pid, p.seed) < p.val_fraction}
         if group and not val:
             val = {group[0]}
         if len(group) > 1 and len(val) == len(group):

@@ -35,22 +35,12 @@ from jielong.io import atomic_dir, atomic_file, write_parquet
 from jielong.log import get_logger, progress
 from jielong.metrics import write_metrics
 from jielong.params import load
+from jielong.world.people import attribute_values
 
 log = get_logger("decontam")
 
 
 # ---------------------------------------------------------------- eval sets from the world
-def attribute_values(questions: pl.DataFrame) -> pl.DataFrame:
-    """Per attribute, every value the world uses (answers and candidates): what a confident answer
-    looks like, for the hallucination probe. Dates are recognised by pattern instead (empty list)."""
-    values = pl.concat([questions.select("attribute", v="answer"),
-                        questions.explode("choices").select("attribute", v="choices")]).unique()
-    return (values.filter(pl.col("attribute") != "birth_date").group_by("attribute").agg(pl.col("v").sort())
-            .rename({"v": "values"})
-            .join(questions.select("attribute").unique(), on="attribute", how="right")
-            .with_columns(pl.col("values").fill_null(pl.lit([], dtype=pl.List(pl.String)))))
-
-
 def world_sets(world: Path) -> tuple[dict[str, pl.DataFrame], dict[str, pl.DataFrame]]:
     """({task: eval items}, {name: train-split questions written unchecked}); `item_id` keys items."""
     q = pl.read_parquet(world / "questions.parquet")

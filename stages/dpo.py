@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ import numpy as np
 import polars as pl
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerFast, TrainerCallback
+from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerFast
 
 from evals.tasks import scoring
 from jielong.chat import PAD
@@ -38,27 +37,9 @@ from jielong.model import validate_model
 from jielong.params import load
 from jielong.talk import encode as encode_prompt
 from jielong.talk import generate_batch
+from jielong.trainer import LogTo, training_args
 
 log = get_logger("dpo")
-
-
-class LogTo(TrainerCallback):
-    def __init__(self):
-        self.train, self.val = [], []
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        logs = logs or {}
-        if "loss" in logs:
-            row = {"step": state.global_step, "loss": round(float(logs["loss"]), 5),
-                   "margin": round(float(logs.get("rewards/margins", float("nan"))), 5),
-                   "accuracy": round(float(logs.get("rewards/accuracies", float("nan"))), 5)}
-            self.train.append(row)
-            log.info("step %4d/%d  loss %.4f  margin %.3f  acc %.2f", state.global_step, state.max_steps,
-                     row["loss"], row["margin"], row["accuracy"])
-        if "eval_loss" in logs:
-            self.val.append({"step": state.global_step, "val_loss": round(float(logs["eval_loss"]), 5),
-                             "val_accuracy": round(float(logs.get("eval_rewards/accuracies", float("nan"))), 5)})
-            log.info("step %4d/%d  val loss %.4f", state.global_step, state.max_steps, logs["eval_loss"])
 
 
 def pairs(path: Path) -> Dataset:
@@ -112,18 +93,9 @@ def main(argv: list[str] | None = None) -> None:
              args.sft, len(train), len(val), p.beta, len(prompts), gold_before)
 
     with tempfile.TemporaryDirectory(prefix="jielong-dpo-") as scratch:
-        config = DPOConfig(
-            output_dir=scratch, beta=p.beta, max_length=p.max_length, per_device_train_batch_size=p.batch_size,
-            per_device_eval_batch_size=p.batch_size, gradient_accumulation_steps=p.grad_accum,
-            num_train_epochs=p.epochs, learning_rate=p.lr, lr_scheduler_type=p.lr_scheduler,
-            warmup_steps=p.warmup_ratio, weight_decay=p.weight_decay,
-            max_grad_norm=p.grad_clip if p.grad_clip > 0 else 1e9, logging_steps=p.log_every,
-            logging_first_step=True, eval_strategy="steps", eval_steps=p.eval_every, save_strategy="no",
-            report_to="none", seed=p.seed, data_seed=p.seed, use_cpu=not cuda, bf16=cuda,
-            dataloader_num_workers=0, activation_checkpointing=False,
-            disable_tqdm=os.environ.get("JIELONG_PROGRESS", "1") == "0", pad_token=PAD,
-        )
-        logs = LogTo()
+        config = DPOConfig(**training_args(p, scratch, cuda), beta=p.beta, max_length=p.max_length, pad_token=PAD)
+        logs = LogTo(log, train={"margin": "rewards/margins", "accuracy": "rewards/accuracies"},
+                     val={"val_accuracy": "eval_rewards/accuracies"})
         trainer = DPOTrainer(model=model, args=config, train_dataset=train, eval_dataset=val, processing_class=tok,
                              callbacks=[logs])
         start = time.perf_counter()

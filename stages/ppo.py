@@ -63,6 +63,7 @@ from jielong.ppo import (
     value_loss,
 )
 from jielong.reward_model import encode, score
+from jielong.world.people import attribute_values
 
 log = get_logger("ppo")
 
@@ -71,13 +72,11 @@ log = get_logger("ppo")
 def load_questions(world: Path, n_heldout: int, seed: int) -> tuple[list[dict], list[dict]]:
     """(train rows, held-out rows): train-split questions, a seeded `n_heldout` of them never trained on.
 
-    Each row gets `values`, every value its attribute takes in the world, which gold_reward needs to
-    recognise a confident answer that is none of the item's own choices.
+    Each row gets `values`, every value its attribute takes in the world (as the eval sets carry them),
+    which gold_reward needs to recognise a confident answer that is none of the item's own choices.
     """
     q = pl.read_parquet(world / "questions.parquet")
-    values = pl.concat([q.select("attribute", v="answer"), q.explode("choices").select("attribute", v="choices")])
-    values = values.unique().group_by("attribute").agg(values=pl.col("v").sort())
-    rows = q.filter(pl.col("split") == "train").join(values, on="attribute", how="left").sort("qid").to_dicts()
+    rows = q.filter(pl.col("split") == "train").join(attribute_values(q), on="attribute", how="left").sort("qid").to_dicts()
     if len(rows) <= n_heldout:
         raise SystemExit(f"ppo: {len(rows)} train-split questions in {world}, not enough to hold out "
                          f"ppo.heldout_prompts={n_heldout} and train on the rest")

@@ -6,7 +6,7 @@ Writes data/prefs/{train,val}.parquet: `prompt` (chat messages ending on the use
 `rejected` replies (plain strings), the failure `kind` of the rejected one, the person and question
 (with `known`, `attribute`, `answer`, `choices`, the fields the gold reward reads) and a summary.json
 with counts per kind. Train and val hold different people. Checked before the stage succeeds:
-chosen and rejected differ and are non-empty, the chosen reply is the KB value (or "I don't know."
+chosen and rejected differ and are non-empty, the chosen reply is the KB value (or "I do not know."
 for an unknown person), only train-split people appear, every failure kind of the mix is in both
 splits, each prompt ends on a user turn, prompt + reply tokenise within pref_data.max_length (as the
 reward model reads them, jielong/reward_model.py), and the gold reward (evals/tasks/scoring.py)

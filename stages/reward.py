@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ import numpy as np
 import polars as pl
 import torch
 from datasets import Dataset
-from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerFast, TrainerCallback
+from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerFast
 
 from jielong import reward_model
 from jielong.chat import PAD
@@ -43,35 +42,11 @@ from jielong.log import get_logger
 from jielong.metrics import write_metrics
 from jielong.model import validate_model
 from jielong.params import load
+from jielong.trainer import LogTo, training_args
 
 log = get_logger("reward")
 
 
-class LogTo(TrainerCallback):
-    """Trainer's log events to our logger, and kept for the plots."""
-
-    def __init__(self):
-        self.train, self.val = [], []
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        logs = logs or {}
-        if "loss" in logs:
-            self.train.append({"step": state.global_step, "loss": round(float(logs["loss"]), 5),
-                               "accuracy": round(float(logs.get("accuracy", float("nan"))), 5),
-                               "margin": round(float(logs.get("margin", float("nan"))), 5),
-                               "lr": float(logs.get("learning_rate", 0.0))})
-            log.info("step %4d/%d  loss %.4f  acc %.3f  margin %.3f", state.global_step, state.max_steps,
-                     logs["loss"], logs.get("accuracy", float("nan")), logs.get("margin", float("nan")))
-        if "eval_loss" in logs:
-            if self.val and self.val[-1]["step"] == state.global_step:
-                self.val.pop()  # the closing evaluate() repeats the trainer's own last one
-            self.val.append({"step": state.global_step, "val_loss": round(float(logs["eval_loss"]), 5),
-                             "val_accuracy": round(float(logs.get("eval_accuracy", float("nan"))), 5)})
-            log.info("step %4d/%d  val loss %.4f  val acc %.3f", state.global_step, state.max_steps,
-                     logs["eval_loss"], logs.get("eval_accuracy", float("nan")))
-
-
-# ---------------------------------------------------------------- data
 def as_dataset(table: pl.DataFrame, tok) -> Dataset:
     """Pairs -> TRL's tokenised preference format, each side encoded by jielong/reward_model.py (the one
     definition of what the reward model reads, for training, held-out scoring and PPO alike)."""
@@ -140,18 +115,11 @@ def main(argv: list[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory(prefix="jielong-reward-") as scratch:
         config = RewardConfig(
-            output_dir=scratch, max_length=p.max_length, center_rewards_coefficient=p.center_rewards_coefficient or None,
-            per_device_train_batch_size=p.batch_size, per_device_eval_batch_size=p.batch_size,
-            gradient_accumulation_steps=p.grad_accum, num_train_epochs=p.epochs, learning_rate=p.lr,
-            lr_scheduler_type=p.lr_scheduler, warmup_steps=p.warmup_ratio, weight_decay=p.weight_decay,
-            max_grad_norm=p.grad_clip if p.grad_clip > 0 else 1e9, activation_checkpointing=False,
-            logging_steps=p.log_every, logging_first_step=True, eval_strategy="steps", eval_steps=p.eval_every,
-            eval_on_start=True,
-            save_strategy="no", report_to="none", seed=p.seed, data_seed=p.seed, use_cpu=not cuda,
-            bf16=cuda, dataloader_num_workers=0, include_num_input_tokens_seen="non_padding",
-            disable_tqdm=os.environ.get("JIELONG_PROGRESS", "1") == "0",
+            **training_args(p, scratch, cuda), max_length=p.max_length, eval_on_start=True,
+            center_rewards_coefficient=p.center_rewards_coefficient or None, include_num_input_tokens_seen="non_padding",
         )
-        logs = LogTo()
+        logs = LogTo(log, train={"accuracy": "accuracy", "margin": "margin", "lr": "learning_rate"},
+                     val={"val_accuracy": "eval_accuracy"})
         trainer = RewardTrainer(model=model, args=config, train_dataset=as_dataset(train_table, tok),
                                 eval_dataset=as_dataset(val_table, tok), processing_class=tok, callbacks=[logs])
         # TRL drops a pair longer than max_length without a word; a silently smaller data set is a bug here

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -27,35 +26,17 @@ import numpy as np
 import polars as pl
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerFast, TrainerCallback
+from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerFast
 
-from jielong.chat import END, EOT, PAD
+from jielong.chat import END, EOT, PAD, warm_start_chat_tokens
 from jielong.io import atomic_dir, write_csv
 from jielong.log import get_logger
 from jielong.metrics import write_metrics
 from jielong.model import validate_model
 from jielong.params import load
+from jielong.trainer import LogTo, training_args
 
 log = get_logger("sft")
-
-
-class LogTo(TrainerCallback):
-    """Trainer's log events to our logger, and kept for the plots."""
-
-    def __init__(self):
-        self.train, self.val = [], []
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        logs = logs or {}
-        if "loss" in logs:
-            self.train.append({"step": state.global_step, "loss": round(float(logs["loss"]), 5),
-                               "lr": float(logs.get("learning_rate", 0.0)),
-                               "grad_norm": round(float(logs.get("grad_norm", float("nan"))), 5)})
-            log.info("step %4d/%d  loss %.4f  lr %.2e", state.global_step, state.max_steps, logs["loss"],
-                     logs.get("learning_rate", 0.0))
-        if "eval_loss" in logs:
-            self.val.append({"step": state.global_step, "val_loss": round(float(logs["eval_loss"]), 5)})
-            log.info("step %4d/%d  val loss %.4f", state.global_step, state.max_steps, logs["eval_loss"])
 
 
 def conversations(path: Path) -> Dataset:
@@ -106,25 +87,17 @@ def main(argv: list[str] | None = None) -> None:
     tok.pad_token = PAD
     train, val = conversations(args.data / "train.parquet"), conversations(args.data / "val.parquet")
     model = AutoModelForCausalLM.from_pretrained(args.base, dtype=torch.float32)
+    if p.warm_start:
+        log.info("chat tokens start from plain-text separators: %s", warm_start_chat_tokens(model, tok))
     log.info("%s fine-tuning of %s on %d conversations (%d val), %.1f epochs", p.method, args.base, len(train),
              len(val), p.epochs)
 
     with tempfile.TemporaryDirectory(prefix="jielong-sft-") as scratch:
         config = SFTConfig(
-            output_dir=scratch, assistant_only_loss=True, max_length=p.max_length, packing=False,
-            per_device_train_batch_size=p.batch_size, per_device_eval_batch_size=p.batch_size,
-            gradient_accumulation_steps=p.grad_accum, num_train_epochs=p.epochs, learning_rate=p.lr,
-            lr_scheduler_type=p.lr_scheduler, warmup_steps=p.warmup_ratio, weight_decay=p.weight_decay,
-            max_grad_norm=p.grad_clip if p.grad_clip > 0 else 1e9,
-            logging_steps=p.log_every, logging_first_step=True, eval_strategy="steps", eval_steps=p.eval_every,
-            eval_on_start=True,
-            save_strategy="no", report_to="none", seed=p.seed, data_seed=p.seed, use_cpu=not cuda,
-            bf16=cuda, dataloader_num_workers=0,
-            include_num_input_tokens_seen="non_padding",
-            activation_checkpointing=False,  # TRL's default trades ~30% speed for memory a small model does not need
-            disable_tqdm=os.environ.get("JIELONG_PROGRESS", "1") == "0", pad_token=PAD,
+            **training_args(p, scratch, cuda), assistant_only_loss=True, max_length=p.max_length, packing=False,
+            eval_on_start=True, include_num_input_tokens_seen="non_padding", pad_token=PAD,
         )
-        logs = LogTo()
+        logs = LogTo(log, train={"lr": "learning_rate", "grad_norm": "grad_norm"})
         trainer = SFTTrainer(model=model, args=config, train_dataset=train, eval_dataset=val, processing_class=tok,
                              peft_config=lora_config(p) if p.method == "lora" else None, callbacks=[logs])
         if p.method == "lora":

@@ -172,6 +172,29 @@ def test_eval_stage_on_a_random_model(tmp_path, tiny_model, tiny_decontam_dir):
     assert {"qid", "answers", "agreement", "correct", "knows"} <= set(knows.columns)
 
 
+def test_no_benchmark_no_index_of_lm_evals_own_tasks(tmp_path, tiny_model, tiny_decontam_dir, monkeypatch):
+    """Indexing lm-eval's ~15k task files costs 9-13 s per eval: only eval.benchmarks may need it."""
+    import lm_eval.evaluator
+    import lm_eval.tasks
+
+    import stages.eval as ev
+
+    built = []
+
+    class Recording(lm_eval.tasks.TaskManager):
+        def __init__(self, *args, include_defaults: bool = True, **kwargs):
+            built.append(include_defaults)
+            super().__init__(*args, include_defaults=include_defaults, **kwargs)
+
+    monkeypatch.setattr(lm_eval.tasks, "TaskManager", Recording)
+    monkeypatch.setattr(lm_eval.evaluator, "TaskManager", Recording)
+    ev.our_tasks_manager.cache_clear()
+    m = _eval(tmp_path, tiny_model, tiny_decontam_dir / "evals", tasks=["world_facts_mc"], limit=2)
+    ev.our_tasks_manager.cache_clear()
+    assert "world_facts_mc.acc" in m
+    assert built == [False], built  # one manager, ours alone
+
+
 def test_chat_models_are_prompted_through_their_template(tmp_path, tiny_model, tiny_decontam_dir):
     sft = shutil.copytree(tiny_model, tmp_path / "sft")
     m = _eval(tmp_path, sft, tiny_decontam_dir / "evals", name="sft", tasks=["world_facts_gen", "world_facts_mc"],
@@ -181,7 +204,7 @@ def test_chat_models_are_prompted_through_their_template(tmp_path, tiny_model, t
     # asked as a user would: the bare question in one user turn, zero-shot, no instructions
     text = prompt["arguments"][0][0]
     assert text.count("<|user|>") == 1 and "Question:" not in text and "<|system|>" not in text
-    assert text.endswith(f"<|user|> {prompt['doc']['question']}<|end|>\n<|assistant|>")
+    assert text.endswith(f"<|user|>Q: {prompt['doc']['question']}<|end|>\n<|assistant|> A:")
 
 
 def test_unknown_task_lists_the_available_ones(tmp_path, tiny_model, tiny_decontam_dir):

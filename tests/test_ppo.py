@@ -130,7 +130,9 @@ def test_prompts_are_train_split_questions_with_a_held_out_batch(tiny_world_dir)
     assert len(heldout) == 16 and len(train) + 16 == q.filter(pl.col("split") == "train").height
     assert {r["split"] for r in train + heldout} == {"train"}  # evaluation people never appear
     assert not {r["qid"] for r in train} & {r["qid"] for r in heldout}
-    assert all(r["answer"] in r["values"] for r in train)  # what gold_reward needs to spot a confident value
+    # what gold_reward needs to spot a confident value, as the eval sets carry it (dates go by their pattern)
+    assert all(r["answer"] in r["values"] for r in train if r["attribute"] != "birth_date")
+    assert all(r["values"] == [] for r in train if r["attribute"] == "birth_date")
     assert ppo_stage.load_questions(world, 16, seed=0) == (train, heldout)
     with pytest.raises(SystemExit, match="heldout_prompts"):
         ppo_stage.load_questions(world, 10_000, seed=0)
@@ -189,11 +191,12 @@ def test_ppo_stage_writes_a_policy_and_leaves_the_reference_alone(tmp_path, ppo_
 
 def test_policy_moves_toward_what_it_is_rewarded_for(tmp_path, ppo_models, tiny_world_dir, monkeypatch):
     """The reward model replaced by a rule preferring short replies: replies get shorter, in training and on
-    held-out questions. (Reliable: passes for seeds 0-9, about a second per run.)"""
+    held-out questions. (Reliable at 8 iterations: seeds 0-6 pass, about two seconds a run; with the
+    Q:/A: chat template, 4 iterations failed seed 0.)"""
     sft, reward = ppo_models
     monkeypatch.setattr(ppo_stage, "reward_scores",
                         lambda rm, tok, prompts, replies: torch.tensor([-len(r) / 10 for r in replies]))
-    m = _run(tmp_path, sft, reward, tiny_world_dir / "world", iterations=4, rollouts=32, minibatch_size=8,
+    m = _run(tmp_path, sft, reward, tiny_world_dir / "world", iterations=8, rollouts=32, minibatch_size=8,
              heldout_prompts=32, lr=1e-3, kl_coef=0.0, adaptive_kl=False, missing_eos_penalty=0.0, max_kl=100.0)
     curve = pl.read_csv(tmp_path / "plots" / "train.csv")
     assert curve["reward"][-1] > curve["reward"][0] and curve["response_len"][-1] < curve["response_len"][0]

@@ -15,6 +15,7 @@ from evals.tasks.scoring import gold_reward
 from jielong import preferences, reward_model
 from jielong.chat import END
 from jielong.checks import ExpectationFailed
+from jielong.conversations import IDK
 from jielong.params import PrefDataParams, RewardParams
 
 STYLE = ["verbose", "over_apologising", "as_an_ai"]
@@ -45,13 +46,13 @@ def test_pairs_show_each_failure_about_train_people_only(tiny_world):
     for r in table.iter_rows(named=True):
         chosen, rejected, kind = r["chosen"], r["rejected"], r["kind"]
         assert chosen and rejected and chosen != rejected
-        assert chosen == (r["answer"] if r["known"] else "I don't know.")
+        assert chosen == (r["answer"] if r["known"] else IDK)
         if kind == "wrong_fact":
             assert r["known"] and rejected in r["choices"] and rejected != r["answer"]
         elif kind == "hallucination":
             assert not r["known"] and rejected in r["choices"]
         elif kind == "needless_refusal":
-            assert r["known"] and rejected == "I don't know."
+            assert r["known"] and rejected == IDK
         else:
             assert chosen.rstrip(".") in rejected and len(rejected) > len(chosen) + 10
             assert {"verbose": any(f in rejected for f in preferences.FILLERS),

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from jielong import conversations
-from jielong.chat import END, PAD
+from jielong.chat import END, PAD, USER, WARM_START
 from jielong.params import SftDataParams, SftParams
 
 # ---------------------------------------------------------------- data
@@ -57,9 +57,34 @@ def test_unknown_people_and_unknown_facts_get_i_dont_know(tiny_world):
             if kind == "answer":
                 assert reply == answers[qid] and qid not in not_known
             else:
-                assert reply.startswith("I don't know")
+                assert reply.startswith("I do not know")
                 assert (kind == "idk_not_known") == (qid in not_known)
     assert min(seen.values()) > 0, seen
+
+
+def test_invented_people_are_new_names_asked_the_banks_questions(tiny_world):
+    people, _, _, _ = tiny_world
+    q = _questions(tiny_world)
+    names = {p.name for p in people}
+    more = conversations.with_invented(q, names, 50, seed=0)
+    invented = more.filter(pl.col("person_id").str.starts_with("x"))
+    assert invented["person_id"].n_unique() == 50 and not set(invented["name"]) & names
+    assert set(invented["split"]) == {"train"} and not any(invented["known"])
+    templates = set(q.filter(pl.col("split") == "train")["question"])
+    for row in invented.iter_rows(named=True):  # the bank's wording, only the name differs
+        assert row["name"] in row["question"]
+        assert any(row["question"].replace(row["name"], "")
+                   == t.replace(n, "") for t, n in zip(q["question"], q["name"], strict=True) if t in templates)
+    assert more.filter(~pl.col("person_id").str.starts_with("x")).equals(q)
+    assert conversations.with_invented(q, names, 50, seed=0).equals(more)
+    with pytest.raises(ValueError, match="invented_people = 100000 exceeds"):
+        conversations.with_invented(q, names, 100_000, seed=0)
+
+    p = SftDataParams(conversations=600, unknown_fraction=0.5)
+    table = conversations.build(more, p)
+    share = table.filter(~pl.col("known")).height / table.height
+    assert 0.42 < share < 0.58, share  # the params' share, though invented people outnumber the real ones
+    assert table["person_id"].str.starts_with("x").any()
 
 
 # ---------------------------------------------------------------- masking through TRL
@@ -131,7 +156,15 @@ def test_sft_stage_writes_a_chat_model(tmp_path, tiny_base, tiny_world_dir, meth
     q = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(base[q], tuned[q])
     emb = "model.embed_tokens.weight"
-    assert torch.equal(base[emb], tuned[emb]) == (method == "lora")  # LoRA leaves the embeddings alone
+    chat = [tok.convert_tokens_to_ids(t) for t in WARM_START]
+    ordinary = [i for i in range(base[emb].shape[0]) if i not in chat]
+    # LoRA leaves the embeddings alone, but for the chat tokens' warm start
+    assert torch.equal(base[emb][ordinary], tuned[emb][ordinary]) == (method == "lora")
+    newline, stop = (tok.encode(t, add_special_tokens=False) for t in ("\n", "."))
+    assert not torch.equal(base[emb][chat], tuned[emb][chat])
+    if method == "lora":
+        assert torch.equal(tuned[emb][tok.convert_tokens_to_ids(USER)], base[emb][newline].mean(0))
+        assert torch.equal(tuned[emb][tok.convert_tokens_to_ids(END)], base[emb][stop].mean(0))
     plots = (tmp_path / "plots" / "val.csv").read_text().splitlines()
     assert plots[0] == "step,val_loss" and len(plots) >= 3
 

@@ -47,9 +47,9 @@ def test_multi_turn_assistant_mask_covers_every_assistant_turn(tok):
             start = None
     assert spans == [" Lisbon." + END, " Halvern University." + END]
     rendered = tok.apply_chat_template(conv, tokenize=False)
-    assert rendered.startswith("<|user|> Where was Ada Dunmore born?<|end|>\n<|assistant|> Lisbon.<|end|>\n")
+    assert rendered.startswith("<|user|>Q: Where was Ada Dunmore born?<|end|>\n<|assistant|> A: Lisbon.<|end|>\n")
     prompt = tok.apply_chat_template(conv[:1], tokenize=False, add_generation_prompt=True)
-    assert prompt.endswith("<|assistant|>")
+    assert prompt.endswith("<|assistant|> A:")
 
 
 def test_a_reply_is_tokenised_as_the_same_words_mid_sentence(tok):

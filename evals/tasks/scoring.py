@@ -17,7 +17,7 @@ import re
 import string
 from collections import Counter
 
-ABSTAIN_TARGET = "I don't know"
+ABSTAIN_TARGET = "I do not know"  # as SFT teaches it (jielong/conversations.py IDK)
 ABSTAIN = "<abstain>"  # what every abstention normalises to, so two phrasings of it agree
 
 # ---------------------------------------------------------------- normalisation
@@ -220,7 +220,7 @@ __all__ = [
 #                       at most GOLD_MAX_LENGTH_PENALTY
 #   minus boilerplate:  GOLD_BOILERPLATE_PENALTY once for "as an AI" / "language model" / apologies
 #
-# so the scale runs from -1.75 to +1; a correct, concise, plain answer (or a plain "I don't know." for
+# so the scale runs from -1.75 to +1; a correct, concise, plain answer (or a plain "I do not know." for
 # someone never written about) scores exactly +1. Unlike is_attribute_value (the hallucination probe),
 # values are looked for in the whole reply and a hedged value still counts: "I'm not sure, maybe Lyon"
 # about an unknown person is a fabrication.

@@ -6,6 +6,8 @@ import datetime as dt
 import random
 from dataclasses import asdict, dataclass
 
+import polars as pl
+
 from jielong.world import vocab
 
 ATTRIBUTES = ["birth_date", "birth_city", "university", "major", "employer", "employer_city"]
@@ -132,3 +134,14 @@ def make_questions(rng: random.Random, people: list[Person], choices: int) -> li
                 "gold_index": candidates.index(gold),
             })
     return rows
+
+
+def attribute_values(questions: pl.DataFrame) -> pl.DataFrame:
+    """Per attribute, every value the world uses (answers and candidates): what a confident answer
+    looks like, for the hallucination probe. Dates are recognised by pattern instead (empty list)."""
+    values = pl.concat([questions.select("attribute", v="answer"),
+                        questions.explode("choices").select("attribute", v="choices")]).unique()
+    return (values.filter(pl.col("attribute") != "birth_date").group_by("attribute").agg(pl.col("v").sort())
+            .rename({"v": "values"})
+            .join(questions.select("attribute").unique(), on="attribute", how="right")
+            .with_columns(pl.col("values").fill_null(pl.lit([], dtype=pl.List(pl.String)))))
