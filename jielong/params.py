@@ -376,8 +376,9 @@ class EvalParams(Section):
     models: list[str] = []  # data/models/<name> the dvc foreach evaluates; add each as its stage lands
     chat_models: list[str] = ["sft", "ppo", "dpo"]  # prompted through the chat template; others plain
     tasks: list[str] = WORLD_TASKS  # names of evals/tasks/*.yaml, run on every model
-    # per model, tasks run on that model only: the base model's train-split probe feeds SFT
-    extra_tasks: dict[str, list[str]] = {"base": ["consistency_train"]}
+    # per model, tasks run on that model only: the base model's train-split probe feeds SFT, and its
+    # cloze recall is the ceiling of what SFT can extract
+    extra_tasks: dict[str, list[str]] = {"base": ["consistency_train", "world_facts_cloze"]}
     num_fewshot: dict[str, NonNegInt] = {}  # per task (world or benchmark); unlisted: the YAML's value
     benchmarks: dict[str, str | None] = {}  # lm-eval task -> local data file, or null: from the hub
     consistency: ConsistencyParams = ConsistencyParams()
@@ -406,6 +407,7 @@ class GateParams(Section):
     metrics: dict[str, GateMetric] = {
         "world_facts_mc.acc": GateMetric(direction="higher", abs_margin=0.02, k_stderr=2.0),
         "world_facts_gen.exact_match": GateMetric(direction="higher", abs_margin=0.02, k_stderr=2.0),
+        "world_facts_cloze.recall": GateMetric(direction="higher", abs_margin=0.02, k_stderr=2.0),
         "world_unknown.abstain_rate": GateMetric(direction="higher", abs_margin=0.02, k_stderr=2.0),
         "world_known.false_abstain_rate": GateMetric(direction="lower", abs_margin=0.02, k_stderr=2.0),
         "world_heldout_ppl.word_perplexity": GateMetric(direction="lower", abs_margin=0.25),

@@ -86,6 +86,13 @@ def test_cloze_answers_are_the_attribute_value_they_name():
     r = scoring.process_consistency_cloze(doc, [[" Antwerp.", " Antwerp, a", " Lyon"]])
     assert r["majority_correct"] == 1.0 and r["auroc"] == (2 / 3, True)
     assert scoring.process_consistency_cloze(doc, [[" nowhere", " a village", " Lyon"]])["majority_correct"] == 0.0
+    # recall: the first value the greedy continuation names must be the true one
+    assert scoring.process_facts_cloze(doc, [" Antwerp, and grew up in Lyon"]) == {"recall": 1.0}
+    assert scoring.process_facts_cloze(doc, [" Lyon, not Antwerp"]) == {"recall": 0.0}
+    assert scoring.process_facts_cloze(doc, [" a small village"]) == {"recall": 0.0}
+    date = {"attribute": "birth_date", "values": [], "answer": "March 10, 1969"}
+    assert scoring.process_facts_cloze(date, [" March 10, 1969 in Antwerp"]) == {"recall": 1.0}
+    assert scoring.process_facts_cloze(date, [" March 10, 1996"]) == {"recall": 0.0}
 
 
 def test_flatten_results():
@@ -152,7 +159,8 @@ def test_eval_stage_on_a_random_model(tmp_path, tiny_model, tiny_decontam_dir):
                 "world_heldout_ppl.word_perplexity", "consistency.agreement", "consistency.auroc",
                 "world_facts_mc.acc_stderr", "world_facts_gen.exact_match_stderr", "consistency.auroc_stderr",
                 "consistency_train.agreement", "consistency.knows_rate", "gold_reward.mean", "gold_reward.known",
-                "gold_reward.unknown", "gold_reward.mean_stderr"]:
+                "gold_reward.unknown", "gold_reward.mean_stderr", "world_facts_cloze.recall",
+                "world_facts_cloze.recall_stderr"]:
         assert key in m, key
     assert m["world_facts_mc.items"] == m["consistency.items"] == 6
     assert 1 / 3 <= m["consistency.agreement"] <= 1 and 0 <= m["consistency.auroc"] <= 1
@@ -162,7 +170,10 @@ def test_eval_stage_on_a_random_model(tmp_path, tiny_model, tiny_decontam_dir):
     out = tmp_path / "base"
     assert {p.stem for p in (out / "samples").glob("*.jsonl")} == {
         "world_facts_mc", "world_facts_gen", "world_unknown", "world_known", "world_heldout_ppl", "consistency",
-        "consistency_train"}
+        "consistency_train", "world_facts_cloze"}
+    cloze = json.loads((out / "samples" / "world_facts_cloze.jsonl").read_text().splitlines()[0])
+    assert cloze["arguments"][0][0].endswith(("was born on", "was born in", "works for", "works in", "majored in",
+                                              "is a graduate of"))  # a cloze statement, zero-shot
     sample = json.loads((out / "samples" / "consistency.jsonl").read_text().splitlines()[0])
     assert len(sample["filtered_resps"][0]) == 3  # all k samples reached the scorer
     assert sample["arguments"][0][0].startswith("Question: ")  # a base model: plain prompt with few-shot

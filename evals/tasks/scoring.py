@@ -186,6 +186,12 @@ def process_known(doc: dict, results: list) -> dict:
             "exact_match": float(is_correct(response, doc["answer"]))}
 
 
+def process_facts_cloze(doc: dict, results: list) -> dict:
+    """Recall: the first value of the asked attribute the continuation names is the true one."""
+    named = extract_value(results[0], doc["attribute"], doc.get("values"))
+    return {"recall": float(named != NO_VALUE and named == normalise_answer(doc["answer"]))}
+
+
 def process_consistency(doc: dict, results: list) -> dict:
     responses = results[0]  # the k samples, kept by keep_all
     answer, agreement = majority(responses)
@@ -203,7 +209,8 @@ __all__ = [
     "ABSTAIN", "ABSTAIN_TARGET", "NO_VALUE", "abstain_target", "auroc", "canonical", "cloze_majority",
     "contains_gold", "extract_value",
     "first_line", "is_abstention", "is_attribute_value", "is_correct", "keep_all", "majority",
-    "normalise_answer", "normalise_text", "process_consistency", "process_consistency_cloze", "process_facts_gen", "process_known",
+    "normalise_answer", "normalise_text", "process_consistency", "process_consistency_cloze", "process_facts_cloze",
+    "process_facts_gen", "process_known",
     "process_unknown",
 ]
 
