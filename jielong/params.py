@@ -134,7 +134,7 @@ class SftDataParams(Section):
     # it knows the fact (data/eval/base/knows.parquet); elsewhere the assistant says it does not know
     use_knows: bool = True
     system_fraction: Annotated[float, Field(ge=0, le=1)] = 0.2  # share opening with a system prompt
-    unknown_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.3  # share about someone never in the crawl
+    unknown_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.22  # share about someone never in the crawl
     invented_people: NonNegInt = 0  # never-seen people made up for SFT alone, besides the world's
 
 

@@ -322,20 +322,20 @@ def main(argv: list[str] | None = None) -> None:
 
     world = list(dict.fromkeys([*p.tasks, *p.extra_tasks.get(name, [])]))
     chat = name in p.chat_models
-    scratch = Path(tempfile.mkdtemp(prefix="jielong-eval-"))
-    specs = resolve_tasks(p, world, args.tasks, args.evals, chat, scratch)
-    # simple_evaluate's default TaskManager indexes lm-eval's ~15k task YAMLs (9-13 s); ours alone suffice
-    # unless a standard benchmark is asked for
-    manager = all_tasks_manager(str(args.tasks)) if p.benchmarks else our_tasks_manager(str(args.tasks))
-    log.info("evaluating %s (%s prompts) on %s%s", args.model, "chat-template" if chat else "plain",
-             world, f" + benchmarks {sorted(p.benchmarks)}" if p.benchmarks else "")
-    start = time.perf_counter()
-    cache = request_cache(work, args.model, p)
-    results = lm_eval.simple_evaluate(
-        model=load_lm(args.model, p), tasks=specs, task_manager=manager, use_cache=cache, batch_size=p.batch_size, limit=p.limit or None, apply_chat_template=chat,
-        fewshot_as_multiturn=chat, log_samples=True, bootstrap_iters=p.bootstrap_iters,
-        random_seed=p.seed, numpy_random_seed=p.seed, torch_random_seed=p.seed, fewshot_random_seed=p.seed,
-    )
+    with tempfile.TemporaryDirectory(prefix="jielong-eval-") as scratch:  # gone even when the run fails
+        specs = resolve_tasks(p, world, args.tasks, args.evals, chat, Path(scratch))
+        # simple_evaluate's default TaskManager indexes lm-eval's ~15k task YAMLs (9-13 s); ours alone suffice
+        # unless a standard benchmark is asked for
+        manager = all_tasks_manager(str(args.tasks)) if p.benchmarks else our_tasks_manager(str(args.tasks))
+        log.info("evaluating %s (%s prompts) on %s%s", args.model, "chat-template" if chat else "plain",
+                 world, f" + benchmarks {sorted(p.benchmarks)}" if p.benchmarks else "")
+        start = time.perf_counter()
+        cache = request_cache(work, args.model, p)
+        results = lm_eval.simple_evaluate(
+            model=load_lm(args.model, p), tasks=specs, task_manager=manager, use_cache=cache, batch_size=p.batch_size, limit=p.limit or None, apply_chat_template=chat,
+            fewshot_as_multiturn=chat, log_samples=True, bootstrap_iters=p.bootstrap_iters,
+            random_seed=p.seed, numpy_random_seed=p.seed, torch_random_seed=p.seed, fewshot_random_seed=p.seed,
+        )
     flat = flatten_results(results) | gold_rewards(results)
     empty = [t for t, n in results.get("n-samples", {}).items() if n["effective"] == 0]
     if empty:
@@ -358,7 +358,6 @@ def main(argv: list[str] | None = None) -> None:
                 flat[f"{t[0]}.knows_rate"] = float(frame["knows"].mean())
                 if (se := auroc_stderr(frame, p.bootstrap_iters, p.seed)) is not None:
                     flat[f"{t[0]}.auroc_stderr"] = se
-    shutil.rmtree(scratch, ignore_errors=True)
     write_metrics(out, flat)
     for done in work.iterdir():  # the run is complete: its cached answers are not needed again
         done.unlink()
