@@ -377,7 +377,7 @@ class EvalParams(Section):
     chat_models: list[str] = ["sft", "ppo", "dpo"]  # prompted through the chat template; others plain
     tasks: list[str] = WORLD_TASKS  # names of evals/tasks/*.yaml, run on every model
     # per model, tasks run on that model only: the base model's train-split probe feeds SFT, and its
-    # cloze recall is the ceiling of what SFT can extract
+    # cloze recall, roughly the ceiling of what SFT can extract
     extra_tasks: dict[str, list[str]] = {"base": ["consistency_train", "world_facts_cloze"]}
     num_fewshot: dict[str, NonNegInt] = {}  # per task (world or benchmark); unlisted: the YAML's value
     benchmarks: dict[str, str | None] = {}  # lm-eval task -> local data file, or null: from the hub
