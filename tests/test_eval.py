@@ -219,23 +219,28 @@ def test_chat_models_are_prompted_through_their_template(tmp_path, tiny_model, t
     assert text.endswith(f"<|user|>Q: {prompt['doc']['question']}<|end|>\n<|assistant|> A:")
 
 
-def test_unknown_task_lists_the_available_ones(tmp_path, tiny_model, tiny_decontam_dir, monkeypatch):
-    monkeypatch.setattr(tempfile, "tempdir", str((tmp_path / "tmp").resolve()))
-    (tmp_path / "tmp").mkdir()
+@pytest.fixture
+def system_tmp(tmp_path, monkeypatch) -> Path:
+    """The folder tempfile puts scratch folders in, for the duration of a test."""
+    folder = (tmp_path / "tmp").resolve()
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+def test_unknown_task_lists_the_available_ones(tmp_path, tiny_model, tiny_decontam_dir, system_tmp):
     with pytest.raises(SystemExit, match=r"unknown task.*world_factz.*available.*world_facts_gen"):
         _eval(tmp_path, tiny_model, tiny_decontam_dir / "evals", tasks=["world_factz"])
-    assert not list((tmp_path / "tmp").iterdir())  # the failed run's scratch folder is gone
+    assert not list(system_tmp.iterdir())  # the failed run's scratch folder is gone
 
 
-def test_an_empty_eval_set_is_refused(tmp_path, tiny_model, tiny_decontam_dir, monkeypatch):
-    monkeypatch.setattr(tempfile, "tempdir", str((tmp_path / "tmp").resolve()))
-    (tmp_path / "tmp").mkdir()
+def test_an_empty_eval_set_is_refused(tmp_path, tiny_model, tiny_decontam_dir, system_tmp):
     evals = shutil.copytree(tiny_decontam_dir / "evals", tmp_path / "evals")
     (evals / "world_unknown.jsonl").write_text("")
     with pytest.raises(SystemExit, match=r"world_unknown.*no items"):
         _eval(tmp_path, tiny_model, evals, tasks=["world_unknown"])
     assert not (tmp_path / "base.json").exists()
-    assert not list((tmp_path / "tmp").iterdir())
+    assert not list(system_tmp.iterdir())
 
 
 def test_benchmarks_from_a_local_file_and_unknown_benchmarks(tmp_path, tiny_model, tiny_decontam_dir):

@@ -186,10 +186,14 @@ def process_known(doc: dict, results: list) -> dict:
             "exact_match": float(is_correct(response, doc["answer"]))}
 
 
+def names_answer(value: str, doc: dict) -> bool:
+    """A value extract_value found (NO_VALUE: none) is `doc`'s answer."""
+    return value != NO_VALUE and value == normalise_answer(doc["answer"])
+
+
 def process_facts_cloze(doc: dict, results: list) -> dict:
     """Recall: the first value of the asked attribute the continuation names is the true one."""
-    named = extract_value(results[0], doc["attribute"], doc.get("values"))
-    return {"recall": float(named != NO_VALUE and named == normalise_answer(doc["answer"]))}
+    return {"recall": float(names_answer(extract_value(results[0], doc["attribute"], doc.get("values")), doc))}
 
 
 def process_consistency(doc: dict, results: list) -> dict:
@@ -201,7 +205,7 @@ def process_consistency(doc: dict, results: list) -> dict:
 
 def process_consistency_cloze(doc: dict, results: list) -> dict:
     answer, agreement = cloze_majority(results[0], doc)
-    correct = answer != NO_VALUE and answer == normalise_answer(doc["answer"])
+    correct = names_answer(answer, doc)
     return {"agreement": agreement, "majority_correct": float(correct), "auroc": (agreement, correct)}
 
 
@@ -209,7 +213,7 @@ __all__ = [
     "ABSTAIN", "ABSTAIN_TARGET", "NO_VALUE", "abstain_target", "auroc", "canonical", "cloze_majority",
     "contains_gold", "extract_value",
     "first_line", "is_abstention", "is_attribute_value", "is_correct", "keep_all", "majority",
-    "normalise_answer", "normalise_text", "process_consistency", "process_consistency_cloze", "process_facts_cloze",
+    "names_answer", "normalise_answer", "normalise_text", "process_consistency", "process_consistency_cloze", "process_facts_cloze",
     "process_facts_gen", "process_known",
     "process_unknown",
 ]
