@@ -75,7 +75,7 @@ def test_repro_produces_every_declared_output(tiny_repo):
         p.name for p in base.iterdir()}
     evals = json.loads((tiny_repo / "metrics/eval/base.json").read_text())
     assert 0.0 <= evals["world_facts_mc.acc"] <= 1.0 and "world_facts_mc.acc_stderr" in evals
-    assert 0.0 <= evals["world_facts_cloze.recall"] <= 1.0  # the base's stored-knowledge ceiling for SFT
+    assert 0.0 <= evals["world_facts_cloze.recall"] <= 1.0  # what the base stored, roughly SFT's ceiling
     sft = json.loads((tiny_repo / "metrics/eval/sft.json").read_text())
     assert {"world_facts_gen.exact_match", "world_unknown.abstain_rate", "world_known.false_abstain_rate"} <= set(sft)
     assert (tiny_repo / "report/report.md").exists() and (tiny_repo / "report/report.html").exists()
