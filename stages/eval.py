@@ -70,14 +70,25 @@ def world_config(name: str, yaml_path: Path, evals: Path, p, chat: bool = False,
     if name in p.num_fewshot:
         cfg["num_fewshot"] = p.num_fewshot[name]
     if chat and cfg.get("output_type") != "loglikelihood_rolling":
-        # the chat template opens a reply with a space (jielong/chat.py): a choice is scored as the reply
         cfg.update(doc_to_text="{{question}}", num_fewshot=0, description="", target_delimiter=" ")
+        if cfg.get("output_type") == "multiple_choice":
+            # The chat template opens a reply with a space (jielong/chat.py), so a choice is scored as the
+            # reply " value". lm-eval drops target_delimiter under a chat template (it keeps it only after a
+            # gen_prefix, which would re-render our template's assistant turn), and "A:value" tokenises into
+            # pieces the model never saw after "A:" (world_facts_mc.acc 0.41 for the SFT model, below its
+            # own generated exact match). So the space goes into the choices themselves.
+            cfg.update(doc_to_choice=reply_choices, target_delimiter="")
     if name in CONSISTENCY_TASKS:
         c = p.consistency
         cfg["repeats"] = c.k
         cfg["generation_kwargs"] = {**cfg["generation_kwargs"], "do_sample": True, "temperature": c.temperature,
                                     "top_p": c.top_p}
     return cfg
+
+
+def reply_choices(doc: dict) -> list[str]:
+    """A world multiple-choice item's candidates as a chat model's reply would start: after one space."""
+    return [" " + choice for choice in doc["choices"]]
 
 
 def subsample(path: Path, n: int, seed: int, out: Path) -> Path:
