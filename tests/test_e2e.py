@@ -116,10 +116,16 @@ def test_no_secret_from_the_environment_is_written_anywhere(tiny_repo):
 
 
 # ---------------------------------------------------------------- failure behaviour through dvc
-def _kill_during(repo: Path, stage: str, ready, timeout: float = 300) -> None:
-    """`dvc repro -f -s <stage>`, SIGKILLed (dvc and the stage, the whole process group) once `ready()`."""
-    proc = subprocess.Popen(["dvc", "repro", "-f", "-s", stage], cwd=repo, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+def _kill_during(repo: Path, stage: str, ready, timeout: float = 300) -> Path:
+    """`dvc repro -f -s <stage>`, SIGKILLed (dvc and the stage, the whole process group) once `ready()`.
+
+    A SIGKILLed process cannot remove its temporary folders, so the run's TMPDIR is one next to the repo
+    copy (pytest's to clean up), not the machine's /tmp: each test run left an empty jielong-eval-* there.
+    """
+    tmp = repo.parent / f"tmp-killed-{stage.replace('@', '-')}"
+    tmp.mkdir(exist_ok=True)
+    proc = subprocess.Popen(["dvc", "repro", "-f", "-s", stage], cwd=repo, env=_env() | {"TMPDIR": str(tmp)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + timeout
     while not ready():
         assert proc.poll() is None, f"{stage} ended (rc {proc.returncode}) before it could be killed"
@@ -127,6 +133,7 @@ def _kill_during(repo: Path, stage: str, ready, timeout: float = 300) -> None:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    return tmp
 
 
 def _corpus_task_done(repo: Path) -> bool:
@@ -174,7 +181,9 @@ def test_sigkill_mid_stage_then_repro_resumes_to_the_same_outputs(tiny_repo, sta
     # what the first run left to resume from goes: the kill must interrupt work done from scratch
     for old in (tiny_repo / work).iterdir():
         shutil.rmtree(old) if old.is_dir() else old.unlink()
-    _kill_during(tiny_repo, stage, lambda: ready(tiny_repo))
+    left = _kill_during(tiny_repo, stage, lambda: ready(tiny_repo))
+    if stage == "eval@base":  # the killed run's scratch folder stayed, in the folder it was given
+        assert list(left.glob("jielong-eval-*"))
     # dvc.lock still holds the module's first, finished run of the stage with these inputs, so a plain
     # `dvc repro` would check its outputs out of the cache; a killed first run has no such entry and
     # runs the stage again, which resumes: forcing the stage is that path
