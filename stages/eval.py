@@ -70,7 +70,7 @@ def world_config(name: str, yaml_path: Path, evals: Path, p, chat: bool = False,
     if name in p.num_fewshot:
         cfg["num_fewshot"] = p.num_fewshot[name]
     if chat and cfg.get("output_type") != "loglikelihood_rolling":
-        cfg.update(doc_to_text="{{question}}", num_fewshot=0, description="", target_delimiter=" ")
+        cfg.update(doc_to_text="{{question}}", num_fewshot=0, description="")
         if cfg.get("output_type") == "multiple_choice":
             # The chat template opens a reply with a space (jielong/chat.py), so a choice is scored as the
             # reply " value". lm-eval drops target_delimiter under a chat template (it keeps it only after a
