@@ -50,9 +50,11 @@ class WorldParams(Section):
     unknown_people: PosInt = 60
     eval_fraction: Fraction = 0.5  # share of people (known and unknown) reserved for evaluation
     pages_per_person: PosInt = 5  # each in a different template and attribute order
+    full_name_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.6  # fact sentences naming the person in full (else first name or pronoun)
     articles: NonNegInt = 150  # good pages about everyday topics (no facts)
     heldout_pages: NonNegInt = 60  # person pages rendered but never put in the crawl
     faq_pages_per_person: NonNegInt = 1  # Q&A pages per train-split known person (never eval people)
+    faq_people_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0  # train-split known people given them
     choices: Annotated[int, Field(ge=2)] = 4  # candidate values per multiple-choice question
     warc_shards: PosInt = 4
     crawl_date: dt.date = dt.date(2024, 5, 1)

@@ -38,7 +38,8 @@ def build(params):
     people = make_people(rng, params.known_people, params.unknown_people, params.eval_fraction)
     questions = make_questions(rng, people, params.choices)
     records = build_crawl(rng, params, people, questions)
-    heldout = heldout_pages(rng, people, params.heldout_pages, params.crawl_date)
+    heldout = heldout_pages(rng, people, params.heldout_pages, params.crawl_date,
+                            params.full_name_fraction)
     return rng, people, questions, records, heldout
 
 

@@ -177,7 +177,9 @@ def test_eval_stage_on_a_random_model(tmp_path, tiny_model, tiny_decontam_dir):
                                               "is a graduate of"))  # a cloze statement, zero-shot
     sample = json.loads((out / "samples" / "consistency.jsonl").read_text().splitlines()[0])
     assert len(sample["filtered_resps"][0]) == 3  # all k samples reached the scorer
-    assert sample["arguments"][0][0].startswith("Question: ")  # a base model: plain prompt with few-shot
+    assert sample["arguments"][0][0].startswith("Q: ")  # a base model: the crawl's Q&A form, zero-shot
+    gen = json.loads((out / "samples" / "world_facts_gen.jsonl").read_text().splitlines()[0])
+    assert gen["arguments"][0][0] == f"Q: {gen['doc']['question']} A:"  # no examples whose values it would copy
     knows = pl.read_parquet(out / "knows.parquet")
     assert knows.height == 12 and set(knows["task"]) == {"consistency", "consistency_train"}
     assert set(knows.filter(pl.col("task") == "consistency_train")["split"]) == {"train"}

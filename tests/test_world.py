@@ -71,6 +71,36 @@ def test_attributes_are_consistent_across_pages(tiny_world):
                     assert value in text, (attribute, r.page.url)
 
 
+@pytest.mark.parametrize("full_name", [1.0, 0.0])
+def test_full_name_fraction_sets_how_fact_sentences_name_their_subject(tiny, full_name):
+    """1.0: every sentence stating a fact names its person in full; 0.0: only a page's first one does."""
+    people, _, records, _ = build(tiny.world.model_copy(update={"full_name_fraction": full_name}))[1:]
+    by_id = {p.person_id: p for p in people}
+    in_full = other = 0
+    for r in records:
+        if r.kind != "good" or r.subkind != "person":
+            continue
+        person = by_id[r.page.person_id]
+        values = [getattr(person, a).removeprefix("the ") for a in ATTRIBUTES if a != "birth_date"]
+        for line in r.page.text.split("\n\n")[2:-1]:  # title and intro first, outro last
+            for sent in re.split(r"(?<=\.) ", line):
+                if any(v in sent for v in values):
+                    if person.name in sent:
+                        in_full += 1
+                    else:
+                        other += 1
+    assert in_full and (other == 0 if full_name == 1.0 else other > 2 * in_full), (in_full, other)
+
+
+def test_faq_people_fraction_leaves_the_other_train_people_to_prose(tiny):
+    world = tiny.world.model_copy(update={"faq_people_fraction": 0.5})
+    people, _, records, _ = build(world)[1:]
+    train_known = sorted(p.person_id for p in people if p.known and p.split == "train")
+    with_faq = {r.page.person_id for r in records if r.subkind == "faq"}
+    assert with_faq == set(train_known[:round(len(train_known) * 0.5)])
+    assert Counter(r.subkind for r in records)["faq"] == len(with_faq) * world.faq_pages_per_person
+
+
 def test_unknown_people_never_appear_in_any_page(tiny_world):
     people, _, records, heldout = tiny_world
     unknown = [p.name for p in people if not p.known]

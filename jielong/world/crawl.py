@@ -46,10 +46,10 @@ def _date(rng: random.Random, crawl_date: dt.date) -> str:
 
 # ---------------------------------------------------------------- good pages
 def person_page(rng: random.Random, person: Person, template: str, crawl_date: dt.date, number: int,
-                extra_paragraph: list[str] | None = None) -> Page:
+                extra_paragraph: list[str] | None = None, full_name: float = 0.6) -> Page:
     pool = getattr(vocab, TEMPLATES[template][0])
     site = rng.choice(pool)
-    title, paragraphs = person_paragraphs(rng, person, template, ATTRIBUTES)
+    title, paragraphs = person_paragraphs(rng, person, template, ATTRIBUTES, full_name)
     if extra_paragraph:
         paragraphs.insert(-1, extra_paragraph)
     url = f"https://{site}/{template.replace('_', '-')}/{_slug(person.name)}-{number}"
@@ -58,13 +58,15 @@ def person_page(rng: random.Random, person: Person, template: str, crawl_date: d
                 facts=[f"{person.person_id}.{a}" for a in ATTRIBUTES])
 
 
-def person_pages(rng: random.Random, people: list[Person], per_person: int, crawl_date: dt.date) -> list[Page]:
+def person_pages(rng: random.Random, people: list[Person], per_person: int, crawl_date: dt.date,
+                 full_name: float = 0.6) -> list[Page]:
     """`per_person` pages per known person, each in a different template (cycling when more are asked)."""
     pages = []
     for person in people:
         templates = rng.sample(TEMPLATE_NAMES, len(TEMPLATE_NAMES))
         for i in range(per_person):
-            pages.append(person_page(rng, person, templates[i % len(templates)], crawl_date, i))
+            pages.append(person_page(rng, person, templates[i % len(templates)], crawl_date, i,
+                                     full_name=full_name))
     return pages
 
 
@@ -189,7 +191,8 @@ def _pii_values(rng: random.Random, person: Person) -> list[dict]:
     return [{"type": "email", "value": email}, {"type": "phone", "value": phone}, {"type": "ip", "value": ip}]
 
 
-def pii_pages(rng: random.Random, people: list[Person], count: int, crawl_date: dt.date) -> list[Record]:
+def pii_pages(rng: random.Random, people: list[Person], count: int, crawl_date: dt.date,
+              full_name: float = 0.6) -> list[Record]:
     """Extra good person pages that carry an email address, a phone number and an IP address."""
     out = []
     for i in range(count):
@@ -200,7 +203,8 @@ def pii_pages(rng: random.Random, people: list[Person], count: int, crawl_date: 
             f"The team's shared server, reachable at {pii[2]['value']}, hosts the project archive.",
         ]
         template = rng.choice(TEMPLATE_NAMES)
-        page = person_page(rng, person, template, crawl_date, 100 + i, extra_paragraph=contact)
+        page = person_page(rng, person, template, crawl_date, 100 + i, extra_paragraph=contact,
+                           full_name=full_name)
         out.append(Record(page, "pii", "contact", pii=pii))
     return out
 
@@ -287,7 +291,7 @@ def build_crawl(rng: random.Random, params: WorldParams, people: list[Person], q
     """All crawl records in a deterministic shuffled order."""
     known = [p for p in people if p.known]
     day = params.crawl_date
-    good = person_pages(rng, known, params.pages_per_person, day)
+    good = person_pages(rng, known, params.pages_per_person, day, params.full_name_fraction)
     articles = [article_page(rng, day, i) for i in range(params.articles)]
     d = params.dirt
     eval_known = [q for q in questions if q["known"] and q["split"] == "eval"]
@@ -298,19 +302,26 @@ def build_crawl(rng: random.Random, params: WorldParams, people: list[Person], q
     records += near_duplicates(rng, good, d.near_duplicates, day)
     records += low_quality(rng, d.low_quality, day)
     records += foreign(rng, d.foreign, d.foreign_languages, day)
-    records += pii_pages(rng, known, d.pii, day)
+    records += pii_pages(rng, known, d.pii, day, params.full_name_fraction)
     records += blocklisted(rng, d.blocklisted, day)
     records += leak_pages(rng, eval_known, d.leaks, d.questions_per_leak, day)
     train_known = [q for q in questions if q["known"] and q["split"] == "train"]
+    # quick-facts pages for the first `faq_people_fraction` of train-split known people (by id); the
+    # rest are written about in prose only, like every evaluation person
+    faq_ids = sorted({q["person_id"] for q in train_known})
+    faq_ids = set(faq_ids[:round(len(faq_ids) * params.faq_people_fraction)])
+    train_known = [q for q in train_known if q["person_id"] in faq_ids]
     records += [Record(p, "good", "faq") for p in faq_pages(rng, train_known, params.faq_pages_per_person, day)]
     rng.shuffle(records)
     return records
 
 
-def heldout_pages(rng: random.Random, people: list[Person], count: int, crawl_date: dt.date) -> list[Page]:
+def heldout_pages(rng: random.Random, people: list[Person], count: int, crawl_date: dt.date,
+                  full_name: float = 0.6) -> list[Page]:
     """Person pages rendered like the crawl's but never put in it: held-out perplexity text."""
     known = [p for p in people if p.known]
-    return [person_page(rng, rng.choice(known), rng.choice(TEMPLATE_NAMES), crawl_date, 900 + i)
+    return [person_page(rng, rng.choice(known), rng.choice(TEMPLATE_NAMES), crawl_date, 900 + i,
+                        full_name=full_name)
             for i in range(count)]
 
 

@@ -154,29 +154,36 @@ def _values(person: Person) -> dict:
     return v
 
 
-def _subject(rng: random.Random, person: Person, first_sentence: bool) -> str:
+def _subject(rng: random.Random, person: Person, first_sentence: bool, full_name: float) -> str:
+    """The full name with probability `full_name`, else the first name (5 in 8) or the pronoun."""
     roll = rng.random()
-    if first_sentence or roll < 0.6:
+    if first_sentence or roll < full_name:
         return person.name
-    if roll < 0.85:
+    if roll < full_name + (1.0 - full_name) * 0.625:
         return person.first
     return person.pronoun
 
 
-def sentence(rng: random.Random, pattern: str, person: Person, first_sentence: bool = False) -> str:
-    s = _subject(rng, person, first_sentence)
+def sentence(rng: random.Random, pattern: str, person: Person, first_sentence: bool = False,
+             full_name: float = 0.6) -> str:
+    s = _subject(rng, person, first_sentence, full_name)
     n = s if s != person.pronoun else person.first
     return pattern.format(s=s, S=_cap(s), N=n, **_values(person))
 
 
-def person_paragraphs(rng: random.Random, person: Person, template: str,
-                      attributes: list[str]) -> tuple[str, list[list[str]]]:
-    """Title and paragraphs (lists of sentences) stating `attributes` of `person` in a shuffled order."""
+def person_paragraphs(rng: random.Random, person: Person, template: str, attributes: list[str],
+                      full_name: float = 0.6) -> tuple[str, list[list[str]]]:
+    """Title and paragraphs (lists of sentences) stating `attributes` of `person` in a shuffled order.
+
+    A fact sentence names its subject in full with probability `full_name` (filler sentences: 0.6);
+    the rest say the first name, which other people share, or a pronoun.
+    """
     _, title, intro, outro = TEMPLATES[template]
     v = _values(person)
     order = list(attributes)
     rng.shuffle(order)
-    body = [sentence(rng, rng.choice(FACT_SENTENCES[a]), person, first_sentence=(i == 0))
+    body = [sentence(rng, rng.choice(FACT_SENTENCES[a]), person, first_sentence=(i == 0),
+                     full_name=full_name)
             for i, a in enumerate(order)]
     fillers = [sentence(rng, f, person) for f in rng.sample(FILLER, 4)]
     # interleave: facts in two or three paragraphs, with filler between
