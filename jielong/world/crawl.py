@@ -46,7 +46,7 @@ def _date(rng: random.Random, crawl_date: dt.date) -> str:
 
 # ---------------------------------------------------------------- good pages
 def person_page(rng: random.Random, person: Person, template: str, crawl_date: dt.date, number: int,
-                extra_paragraph: list[str] | None = None, full_name: float = 0.6) -> Page:
+                extra_paragraph: list[str] | None = None, *, full_name: float) -> Page:
     pool = getattr(vocab, TEMPLATES[template][0])
     site = rng.choice(pool)
     title, paragraphs = person_paragraphs(rng, person, template, ATTRIBUTES, full_name)
@@ -59,7 +59,7 @@ def person_page(rng: random.Random, person: Person, template: str, crawl_date: d
 
 
 def person_pages(rng: random.Random, people: list[Person], per_person: int, crawl_date: dt.date,
-                 full_name: float = 0.6) -> list[Page]:
+                 full_name: float) -> list[Page]:
     """`per_person` pages per known person, each in a different template (cycling when more are asked)."""
     pages = []
     for person in people:
@@ -192,7 +192,7 @@ def _pii_values(rng: random.Random, person: Person) -> list[dict]:
 
 
 def pii_pages(rng: random.Random, people: list[Person], count: int, crawl_date: dt.date,
-              full_name: float = 0.6) -> list[Record]:
+              full_name: float) -> list[Record]:
     """Extra good person pages that carry an email address, a phone number and an IP address."""
     out = []
     for i in range(count):
@@ -317,7 +317,7 @@ def build_crawl(rng: random.Random, params: WorldParams, people: list[Person], q
 
 
 def heldout_pages(rng: random.Random, people: list[Person], count: int, crawl_date: dt.date,
-                  full_name: float = 0.6) -> list[Page]:
+                  full_name: float) -> list[Page]:
     """Person pages rendered like the crawl's but never put in it: held-out perplexity text."""
     known = [p for p in people if p.known]
     return [person_page(rng, rng.choice(known), rng.choice(TEMPLATE_NAMES), crawl_date, 900 + i,

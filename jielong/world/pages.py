@@ -154,6 +154,10 @@ def _values(person: Person) -> dict:
     return v
 
 
+# share of filler sentences naming their person in full (fact sentences: world.full_name_fraction)
+FILLER_FULL_NAME = 0.6
+
+
 def _subject(rng: random.Random, person: Person, first_sentence: bool, full_name: float) -> str:
     """The full name with probability `full_name`, else the first name (5 in 8) or the pronoun."""
     roll = rng.random()
@@ -165,17 +169,17 @@ def _subject(rng: random.Random, person: Person, first_sentence: bool, full_name
 
 
 def sentence(rng: random.Random, pattern: str, person: Person, first_sentence: bool = False,
-             full_name: float = 0.6) -> str:
+             full_name: float = FILLER_FULL_NAME) -> str:
     s = _subject(rng, person, first_sentence, full_name)
     n = s if s != person.pronoun else person.first
     return pattern.format(s=s, S=_cap(s), N=n, **_values(person))
 
 
 def person_paragraphs(rng: random.Random, person: Person, template: str, attributes: list[str],
-                      full_name: float = 0.6) -> tuple[str, list[list[str]]]:
+                      full_name: float) -> tuple[str, list[list[str]]]:
     """Title and paragraphs (lists of sentences) stating `attributes` of `person` in a shuffled order.
 
-    A fact sentence names its subject in full with probability `full_name` (filler sentences: 0.6);
+    A fact sentence names its subject in full with probability `full_name` (fillers: FILLER_FULL_NAME);
     the rest say the first name, which other people share, or a pronoun.
     """
     _, title, intro, outro = TEMPLATES[template]
