@@ -16,8 +16,9 @@ abstain on unseen people without refusing what it knows.
 
 The world has few never-seen train people (15 by default), and a model shown so few unfamiliar names
 learns those names, not unfamiliarity. `invented_people` adds people no page and no eval set mentions
-(names drawn from the world's own first names and surnames, so only the full name is new), asked the
-bank's questions; `unknown_fraction` fixes the share of conversations about someone never seen.
+(full names no world person has, from the world vocabulary's first names and surnames or, with
+`invented_names: familiar`, from train-split known people's), asked the bank's questions;
+`unknown_fraction` fixes the share of conversations about someone never seen.
 """
 
 from __future__ import annotations
@@ -52,18 +53,31 @@ def answer_for(row: dict, knows: dict[str, bool] | None) -> tuple[str, str]:
     return row["answer"], "answer"
 
 
-def with_invented(questions: pl.DataFrame, taken_names: set[str], n: int, seed: int) -> pl.DataFrame:
+def with_invented(questions: pl.DataFrame, taken_names: set[str], n: int, seed: int,
+                  name_parts: str) -> pl.DataFrame:
     """`questions` plus the train-split questions of `n` invented never-seen people (`x00000`...).
 
     Each invented person is asked exactly what one train-split person of the bank is asked, with the
-    name swapped. Names are full names none of `taken_names` (every person of the world) has.
+    name swapped. Names are full names none of `taken_names` (every person of the world) has, made of
+    the world vocabulary's first names and surnames (`name_parts="vocabulary"`) or only of those that
+    train-split known people have (`"familiar"`: a first name and a surname the model has read, about
+    other people, so only the whole name says the person is unknown).
     """
     if n == 0:
         return questions
     from jielong.world import vocab
 
     taken = set(taken_names)
-    free = [(f, pro, s) for f, pro in vocab.FIRST_NAMES for s in vocab.SURNAMES if f"{f} {s}" not in taken]
+    if name_parts == "familiar":
+        known = questions.filter((pl.col("split") == "train") & pl.col("known")).unique("person_id")
+        firsts = dict(zip((name.split()[0] for name in known["name"]), known["pronoun"], strict=True))
+        first_names = sorted(firsts.items())
+        surnames = sorted({name.split()[-1] for name in known["name"]})
+    elif name_parts == "vocabulary":
+        first_names, surnames = vocab.FIRST_NAMES, vocab.SURNAMES
+    else:
+        raise ValueError(f"sft.data.invented_names = {name_parts!r}: expected 'vocabulary' or 'familiar'")
+    free = [(f, pro, s) for f, pro in first_names for s in surnames if f"{f} {s}" not in taken]
     if n > len(free):
         raise ValueError(f"sft.data.invented_people = {n} exceeds the {len(free)} names no world person has")
     rng = np.random.default_rng([seed, 1])

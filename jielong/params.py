@@ -138,6 +138,7 @@ class SftDataParams(Section):
     system_fraction: Annotated[float, Field(ge=0, le=1)] = 0.2  # share opening with a system prompt
     unknown_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.22  # share about someone never in the crawl
     invented_people: NonNegInt = 0  # never-seen people made up for SFT alone, besides the world's
+    invented_names: Literal["vocabulary", "familiar"] = "vocabulary"  # their names' parts: jielong/conversations.py
 
 
 class LoraParams(Section):

@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
         log.info("base model knows %d of %d probed train-split facts (agreement >= threshold)",
                  int(train_known["knows"].sum()), train_known.height)
     people = pl.read_parquet(args.world / "kb.parquet", columns=["name"])["name"].to_list()
-    questions = conversations.with_invented(questions, set(people), p.data.invented_people, p.data.seed)
+    questions = conversations.with_invented(questions, set(people), p.data.invented_people, p.data.seed,
+                                           p.data.invented_names)
     table = conversations.build(questions, p.data, knows)
     tok = PreTrainedTokenizerFast.from_pretrained(args.tokenizer)
 

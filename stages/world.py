@@ -54,6 +54,7 @@ def write(out: Path, params, rng, people, questions, records, heldout) -> pl.Dat
 
     (out / "crawl").mkdir()
     shard_size = -(-len(records) // params.warc_shards)
+    names = [p.name for p in people]
     truth = []
     for shard in progress(range(params.warc_shards), desc="world: writing WARC shards", unit="shard"):
         chunk = records[shard * shard_size:(shard + 1) * shard_size]
@@ -65,9 +66,11 @@ def write(out: Path, params, rng, people, questions, records, heldout) -> pl.Dat
                 "subkind": r.subkind, "language": r.page.language, "dup_group": r.dup_group,
                 "dup_rank": r.dup_rank, "person_id": r.page.person_id, "title": r.page.title,
                 "pii": r.pii, "leaked_qids": r.leaked_qids, "facts": r.page.facts,
+                # every world person the page names in full, wherever on the page
+                "names": [n for n in names if n in r.page.html or n in r.page.text],
             })
     schema = {"pii": pl.List(pl.Struct({"type": pl.String, "value": pl.String})),
-              "leaked_qids": pl.List(pl.String), "facts": pl.List(pl.String),
+              "leaked_qids": pl.List(pl.String), "facts": pl.List(pl.String), "names": pl.List(pl.String),
               "dup_group": pl.String, "person_id": pl.String}
     truth_df = pl.DataFrame(truth, schema_overrides=schema)
     write_parquet(out / "truth.parquet", truth_df)
@@ -98,16 +101,19 @@ def validate(out: Path, params, label: Path) -> None:
         gx.expectations.ExpectColumnValuesToBeInSet(column="gold_ok", value_set=[True]),
     ])
     truth = pl.read_parquet(out / "truth.parquet")
-    # people who must never appear in a page: unknown people's names in any page's facts/person_id
-    unknown = set(kb.filter(~pl.col("known"))["person_id"])
+    # people who must never appear in a page: no page is about an unknown person, and none names one
+    # anywhere (a failure lists the names)
+    unknown = kb.filter(~pl.col("known"))
     truth = truth.with_columns(
-        mentions_unknown=pl.col("person_id").is_in(list(unknown)).fill_null(False),
+        mentions_unknown=pl.col("person_id").is_in(unknown["person_id"].to_list()).fill_null(False),
+        names_unknown=pl.col("names").list.set_intersection(unknown["name"].to_list()).list.join(", "),
     )
     expect(f"{label}/truth.parquet", truth, [
         gx.expectations.ExpectTableRowCountToBeBetween(min_value=1),
         gx.expectations.ExpectColumnValuesToBeUnique(column="record_id"),
         gx.expectations.ExpectColumnValuesToBeInSet(column="kind", value_set=KINDS),
         gx.expectations.ExpectColumnValuesToBeInSet(column="mentions_unknown", value_set=[False]),
+        gx.expectations.ExpectColumnValuesToBeInSet(column="names_unknown", value_set=[""]),
         gx.expectations.ExpectColumnValuesToMatchRegex(column="url", regex=r"^https://[a-z0-9.-]+/"),
     ])
 

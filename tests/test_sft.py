@@ -66,7 +66,7 @@ def test_invented_people_are_new_names_asked_the_banks_questions(tiny_world):
     people, _, _, _ = tiny_world
     q = _questions(tiny_world)
     names = {p.name for p in people}
-    more = conversations.with_invented(q, names, 50, seed=0)
+    more = conversations.with_invented(q, names, 50, seed=0, name_parts="vocabulary")
     invented = more.filter(pl.col("person_id").str.starts_with("x"))
     assert invented["person_id"].n_unique() == 50 and not set(invented["name"]) & names
     assert set(invented["split"]) == {"train"} and not any(invented["known"])
@@ -76,15 +76,37 @@ def test_invented_people_are_new_names_asked_the_banks_questions(tiny_world):
         assert any(row["question"].replace(row["name"], "")
                    == t.replace(n, "") for t, n in zip(q["question"], q["name"], strict=True) if t in templates)
     assert more.filter(~pl.col("person_id").str.starts_with("x")).equals(q)
-    assert conversations.with_invented(q, names, 50, seed=0).equals(more)
+    assert conversations.with_invented(q, names, 50, seed=0, name_parts="vocabulary").equals(more)
     with pytest.raises(ValueError, match="invented_people = 100000 exceeds"):
-        conversations.with_invented(q, names, 100_000, seed=0)
+        conversations.with_invented(q, names, 100_000, seed=0, name_parts="vocabulary")
 
     p = SftDataParams(conversations=600, unknown_fraction=0.5)
     table = conversations.build(more, p)
     share = table.filter(~pl.col("known")).height / table.height
     assert 0.42 < share < 0.58, share  # the params' share, though invented people outnumber the real ones
     assert table["person_id"].str.starts_with("x").any()
+
+def test_familiar_invented_names_are_made_of_train_known_peoples_name_parts(tiny_world):
+    people, _, _, _ = tiny_world
+    q = _questions(tiny_world)
+    names = {p.name for p in people}
+    train_known = q.filter((pl.col("split") == "train") & pl.col("known")).unique("person_id")
+    firsts = dict(zip((n.split()[0] for n in train_known["name"]), train_known["pronoun"], strict=True))
+    lasts = {n.split()[-1] for n in train_known["name"]}
+    free = sum(f"{f} {s}" not in names for f in firsts for s in lasts)
+    n = min(free, 20)
+    assert n >= 5, "the tiny world is too small to test familiar names"
+    invented = conversations.with_invented(q, names, n, seed=0, name_parts="familiar")
+    invented = invented.filter(pl.col("person_id").str.starts_with("x")).unique("person_id")
+    assert invented.height == n and not set(invented["name"]) & names
+    for name, pronoun in zip(invented["name"], invented["pronoun"], strict=True):
+        first, last = name.split()
+        assert first in firsts and last in lasts and pronoun == firsts[first]
+    with pytest.raises(ValueError, match=f"invented_people = {free + 1} exceeds"):
+        conversations.with_invented(q, names, free + 1, seed=0, name_parts="familiar")
+    with pytest.raises(ValueError, match="invented_names = 'nobody'"):
+        conversations.with_invented(q, names, 1, seed=0, name_parts="nobody")
+
 
 
 # ---------------------------------------------------------------- masking through TRL

@@ -108,6 +108,49 @@ def test_unknown_people_never_appear_in_any_page(tiny_world):
     assert not [name for name in unknown if name in corpus]
 
 
+def test_article_readers_are_nobody_of_the_world():
+    import datetime as dt
+    import random
+
+    from jielong.world import vocab
+    from jielong.world.crawl import article_page
+
+    day = dt.date(2024, 1, 1)
+    everyone = [f"{f} {s}" for f, _ in vocab.FIRST_NAMES for s in vocab.SURNAMES]
+    for seed in range(100):  # an article whose sampled reader notes name the reader
+        free = article_page(random.Random(seed), day, 0, taken=set())
+        named = [n for n in everyone if n in free.text]
+        if named:
+            break
+    assert len(named) == 1, named
+    rng = random.Random(seed)
+    page = article_page(rng, day, 0, taken=set(named))
+    first = named[0].split()[0]
+    assert named[0] not in page.html and [n for n in everyone if n in page.text and n.startswith(first + " ")]
+    after = random.Random(seed)
+    article_page(after, day, 0, taken=set())
+    assert rng.random() == after.random()  # the rule draws nothing: the rest of the crawl is unchanged
+
+
+def test_a_page_naming_an_unknown_person_fails_the_world_stage(tiny, tiny_world_dir, tmp_path):
+    import shutil
+
+    from jielong.checks import ExpectationFailed
+    from stages.world import validate
+
+    root = tmp_path / "world"
+    shutil.copytree(tiny_world_dir / "world", root)
+    validate(root, tiny.world, root)
+    kb = pl.read_parquet(root / "kb.parquet")
+    stranger = kb.filter(~pl.col("known"))["name"][0]
+    truth = pl.read_parquet(root / "truth.parquet")
+    truth = truth.with_columns(names=pl.when(pl.int_range(pl.len()) == 3).then(pl.lit([stranger]))
+                               .otherwise(pl.col("names")))
+    truth.write_parquet(root / "truth.parquet")
+    with pytest.raises(ExpectationFailed, match=f"names_unknown.*{stranger}"):
+        validate(root, tiny.world, root)
+
+
 def test_every_planted_kind_is_present_and_labelled(tiny, tiny_world):
     _, _, records, _ = tiny_world
     kinds = Counter(r.kind for r in records)

@@ -70,11 +70,25 @@ def person_pages(rng: random.Random, people: list[Person], per_person: int, craw
     return pages
 
 
-def article_page(rng: random.Random, crawl_date: dt.date, number: int, site: str | None = None) -> Page:
-    """An everyday-topic article: six topic sentences plus reader notes with their own names and places."""
+def article_page(rng: random.Random, crawl_date: dt.date, number: int, taken: set[str],
+                 site: str | None = None) -> Page:
+    """An everyday-topic article: six topic sentences plus reader notes with their own names and places.
+
+    The reader is nobody of the world: a drawn name that is a world person's (`taken`) moves on to the
+    next free surname, so a never-seen person stays unseen and a known one gets no stray city.
+    """
     topic = rng.choice(sorted(texts.ARTICLE_TOPICS))
     sentences = rng.sample(texts.ARTICLE_TOPICS[topic], 6)
     first, last = rng.choice(vocab.FIRST_NAMES), rng.choice(vocab.SURNAMES)
+    # stepping through surnames instead of drawing again keeps the rng stream, so the rest of the
+    # crawl is the same as before this rule
+    at = vocab.SURNAMES.index(last)
+    for step in range(len(vocab.SURNAMES)):
+        last = vocab.SURNAMES[(at + step) % len(vocab.SURNAMES)]
+        if f"{first[0]} {last}" not in taken:
+            break
+    else:
+        raise ValueError(f"world: every name with first name {first[0]} belongs to a world person")
     notes = [n.format(city=rng.choice(vocab.CITIES), name=f"{first[0]} {last}", pron="her" if first[1] == "she" else "him",
                       n=rng.randint(2, 40), weekday=rng.choice(texts.WEEKDAYS))
              for n in rng.sample(texts.READER_NOTES, 4)]
@@ -228,11 +242,11 @@ def blocklisted_domains(rng: random.Random, count: int) -> list[str]:
     return rng.sample(candidates, count)
 
 
-def blocklisted(rng: random.Random, count: int, crawl_date: dt.date) -> list[Record]:
+def blocklisted(rng: random.Random, count: int, crawl_date: dt.date, taken: set[str]) -> list[Record]:
     """Readable pages whose only fault is their domain, so only the URL filter can catch them."""
     out = []
     for i, domain in enumerate(blocklisted_domains(rng, count)):
-        page = article_page(rng, crawl_date, i, site=domain)
+        page = article_page(rng, crawl_date, i, taken, site=domain)
         out.append(Record(page, "blocklisted", "domain"))
     return out
 
@@ -292,7 +306,8 @@ def build_crawl(rng: random.Random, params: WorldParams, people: list[Person], q
     known = [p for p in people if p.known]
     day = params.crawl_date
     good = person_pages(rng, known, params.pages_per_person, day, params.full_name_fraction)
-    articles = [article_page(rng, day, i) for i in range(params.articles)]
+    taken = {p.name for p in people}
+    articles = [article_page(rng, day, i, taken) for i in range(params.articles)]
     d = params.dirt
     eval_known = [q for q in questions if q["known"] and q["split"] == "eval"]
     records = [Record(p, "good", "person") for p in good]
@@ -303,7 +318,7 @@ def build_crawl(rng: random.Random, params: WorldParams, people: list[Person], q
     records += low_quality(rng, d.low_quality, day)
     records += foreign(rng, d.foreign, d.foreign_languages, day)
     records += pii_pages(rng, known, d.pii, day, params.full_name_fraction)
-    records += blocklisted(rng, d.blocklisted, day)
+    records += blocklisted(rng, d.blocklisted, day, taken)
     records += leak_pages(rng, eval_known, d.leaks, d.questions_per_leak, day)
     train_known = [q for q in questions if q["known"] and q["split"] == "train"]
     # quick-facts pages for the first `faq_people_fraction` of train-split known people (by id); the
