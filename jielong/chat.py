@@ -27,6 +27,7 @@ PAD = "<|pad|>"
 SYSTEM, USER, ASSISTANT = "<|system|>", "<|user|>", "<|assistant|>"
 END = "<|end|>"  # end of one chat turn; generation of a chat model stops here
 SPECIAL_TOKENS = [EOT, PAD, SYSTEM, USER, ASSISTANT, END]
+CHAT_TOKENS = [SYSTEM, USER, ASSISTANT, END]  # the tokens only chat data has
 
 # Literal newlines are emitted as {{ '\n' }} expressions: the `{%-`/`-%}` whitespace control that keeps
 # the template readable would otherwise strip them.

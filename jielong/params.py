@@ -146,6 +146,7 @@ class LoraParams(Section):
     alpha: Annotated[float, Field(gt=0)] = 32.0
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    train_chat_tokens: bool = True  # the chat tokens' embeddings train too (peft trainable_token_indices)
 
 
 class GenerationParams(Section):

@@ -28,7 +28,7 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerFast
 
-from jielong.chat import END, EOT, PAD, warm_start_chat_tokens
+from jielong.chat import CHAT_TOKENS, END, EOT, PAD, warm_start_chat_tokens
 from jielong.io import atomic_dir, write_csv
 from jielong.log import get_logger
 from jielong.metrics import write_metrics
@@ -45,11 +45,17 @@ def conversations(path: Path) -> Dataset:
     return Dataset.from_list([{"messages": m} for m in table["messages"].to_list()])
 
 
-def lora_config(p):
+def lora_config(p, tok):
+    """peft adapters on p.lora.target_modules, plus the embeddings of the chat tokens alone (peft's
+    trainable tokens): pretraining never saw those tokens and the warm start gives <|system|>, <|user|>
+    and <|assistant|> one vector and <|end|> that of "." (tied, so <|end|> and "." had the same logit),
+    which frozen embeddings would keep for good."""
     from peft import LoraConfig
 
+    chat = [tok.convert_tokens_to_ids(t) for t in CHAT_TOKENS] if p.lora.train_chat_tokens else None
     return LoraConfig(r=p.lora.r, lora_alpha=p.lora.alpha, lora_dropout=p.lora.dropout,
-                      target_modules=list(p.lora.target_modules), bias="none", task_type="CAUSAL_LM")
+                      target_modules=list(p.lora.target_modules), bias="none", task_type="CAUSAL_LM",
+                      trainable_token_indices={"embed_tokens": chat} if chat else None)
 
 
 def generation_config(p, tok, model) -> GenerationConfig:
@@ -99,9 +105,14 @@ def main(argv: list[str] | None = None) -> None:
         )
         logs = LogTo(log, train={"lr": "learning_rate", "grad_norm": "grad_norm"})
         trainer = SFTTrainer(model=model, args=config, train_dataset=train, eval_dataset=val, processing_class=tok,
-                             peft_config=lora_config(p) if p.method == "lora" else None, callbacks=[logs])
+                             peft_config=lora_config(p, tok) if p.method == "lora" else None, callbacks=[logs])
         if p.method == "lora":
             trainer.model.print_trainable_parameters()
+            head = trainer.model.get_output_embeddings()
+            if not hasattr(head, "bias"):
+                # TRL's fused LM head reads lm_head.bias, which peft's wrapper of a tied head with trainable
+                # tokens does not pass through; a tied head has no bias
+                head.bias = None
         start = time.perf_counter()
         result = trainer.train()
         train_s = time.perf_counter() - start

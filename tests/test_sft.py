@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from jielong import conversations
-from jielong.chat import END, PAD, USER, WARM_START
+from jielong.chat import ASSISTANT, END, PAD, USER, WARM_START
 from jielong.params import SftDataParams, SftParams
 
 # ---------------------------------------------------------------- data
@@ -139,14 +139,15 @@ def test_loss_is_on_every_assistant_turn_and_nothing_else(tmp_path, tiny_base):
 
 
 # ---------------------------------------------------------------- the stages
-def _run_sft(tmp_path: Path, base: Path, world_dir: Path, method: str) -> Path:
+def _run_sft(tmp_path: Path, base: Path, world_dir: Path, method: str, train_chat_tokens: bool = True) -> Path:
     from stages.sft import main as sft_main
     from stages.sft_data import main as data_main
 
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"sft": {
         "data": {"conversations": 80, "use_knows": False, "val_fraction": 0.2}, "method": method,
-        "lora": {"r": 4, "alpha": 8.0}, "epochs": 1.0, "batch_size": 8, "lr": 3e-3,
+        "lora": {"r": 4, "alpha": 8.0, "train_chat_tokens": train_chat_tokens}, "epochs": 1.0, "batch_size": 8,
+        "lr": 3e-3,
         "max_length": 192, "log_every": 2, "eval_every": 5,
         "generation": {"temperature": 0.5, "top_k": 7, "stop_strings": ["\n\n"]}}}))
     data_main(["--world", str(world_dir), "--tokenizer", str(base), "--out", str(tmp_path / "sft_data"),
@@ -157,12 +158,12 @@ def _run_sft(tmp_path: Path, base: Path, world_dir: Path, method: str) -> Path:
     return out
 
 
-@pytest.mark.parametrize("method", ["full", "lora"])
-def test_sft_stage_writes_a_chat_model(tmp_path, tiny_base, tiny_world_dir, method):
+@pytest.mark.parametrize("method,train_chat_tokens", [("full", True), ("lora", True), ("lora", False)])
+def test_sft_stage_writes_a_chat_model(tmp_path, tiny_base, tiny_world_dir, method, train_chat_tokens):
     from safetensors.torch import load_file
     from transformers import AutoTokenizer, GenerationConfig
 
-    out = _run_sft(tmp_path, tiny_base, tiny_world_dir / "world", method)
+    out = _run_sft(tmp_path, tiny_base, tiny_world_dir / "world", method, train_chat_tokens)
     m = json.loads((tmp_path / "sft.json").read_text())
     assert {"train_loss", "val_loss", "tokens_per_s", "tokens"} <= set(m) and m["tokens_per_s"] > 0
     assert m["lora"] == (method == "lora")
@@ -180,13 +181,16 @@ def test_sft_stage_writes_a_chat_model(tmp_path, tiny_base, tiny_world_dir, meth
     emb = "model.embed_tokens.weight"
     chat = [tok.convert_tokens_to_ids(t) for t in WARM_START]
     ordinary = [i for i in range(base[emb].shape[0]) if i not in chat]
-    # LoRA leaves the embeddings alone, but for the chat tokens' warm start
+    # LoRA leaves the embeddings of ordinary tokens alone
     assert torch.equal(base[emb][ordinary], tuned[emb][ordinary]) == (method == "lora")
     newline, stop = (tok.encode(t, add_special_tokens=False) for t in ("\n", "."))
     assert not torch.equal(base[emb][chat], tuned[emb][chat])
-    if method == "lora":
-        assert torch.equal(tuned[emb][tok.convert_tokens_to_ids(USER)], base[emb][newline].mean(0))
-        assert torch.equal(tuned[emb][tok.convert_tokens_to_ids(END)], base[emb][stop].mean(0))
+    warm = {USER: base[emb][newline].mean(0), ASSISTANT: base[emb][newline].mean(0), END: base[emb][stop].mean(0)}
+    kept = {t: torch.equal(tuned[emb][tok.convert_tokens_to_ids(t)], v) for t, v in warm.items()}
+    # frozen, the chat tokens would keep their warm start: <|end|> the very vector of "." (the tied head then
+    # scores them alike) and <|user|> that of <|assistant|>; trained, they move apart
+    assert kept == dict.fromkeys(warm, method == "lora" and not train_chat_tokens)
+    assert torch.equal(tuned[emb][tok.convert_tokens_to_ids(END)], tuned[emb][stop[0]]) == kept[END]
     plots = (tmp_path / "plots" / "val.csv").read_text().splitlines()
     assert plots[0] == "step,val_loss" and len(plots) >= 3
 
