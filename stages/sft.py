@@ -5,8 +5,8 @@
 One sample per conversation, loss on the assistant tokens of every turn and on nothing else: TRL's
 `assistant_only_loss` takes the mask from the chat template's `{% generation %}` markers (each reply
 and its <|end|>), so the model learns to answer and to stop, never to imitate the user. With
-sft.method = lora only peft adapters train; they are merged into a plain HF model dir at the end, so
-everything downstream loads either kind the same way. The output's tokenizer carries the chat
+sft.method = lora only peft adapters and the chat tokens' embeddings train; they are merged into a plain
+HF model dir at the end, so everything downstream loads either kind the same way. The output's tokenizer carries the chat
 template with <|end|> as its EOS, and generation_config.json the sampling defaults from params.
 
 Trainer checkpoints are pickles (optimizer.pt, rng_state.pth, training_args.bin), which this project
