@@ -26,8 +26,8 @@ EOT = "<|endoftext|>"  # document boundary in pretraining; BOS/EOS of the base m
 PAD = "<|pad|>"
 SYSTEM, USER, ASSISTANT = "<|system|>", "<|user|>", "<|assistant|>"
 END = "<|end|>"  # end of one chat turn; generation of a chat model stops here
-SPECIAL_TOKENS = [EOT, PAD, SYSTEM, USER, ASSISTANT, END]
 CHAT_TOKENS = [SYSTEM, USER, ASSISTANT, END]  # the tokens only chat data has
+SPECIAL_TOKENS = [EOT, PAD, *CHAT_TOKENS]
 
 # Literal newlines are emitted as {{ '\n' }} expressions: the `{%-`/`-%}` whitespace control that keeps
 # the template readable would otherwise strip them.

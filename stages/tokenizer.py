@@ -19,7 +19,7 @@ import polars as pl
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from jielong.chat import CHAT_TEMPLATE, EOT, PAD, SPECIAL_TOKENS
+from jielong.chat import CHAT_TEMPLATE, CHAT_TOKENS, EOT, PAD, SPECIAL_TOKENS
 from jielong.checks import expect, gx
 from jielong.documents import in_fraction, read_documents
 from jielong.io import atomic_dir
@@ -53,7 +53,7 @@ def train(texts: list[str], vocab_size: int, min_frequency: int) -> Tokenizer:
 def to_hf(tok: Tokenizer) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=EOT, eos_token=EOT, pad_token=PAD, unk_token=None,
-        additional_special_tokens=[t for t in SPECIAL_TOKENS if t not in (EOT, PAD)],
+        additional_special_tokens=CHAT_TOKENS,
         chat_template=CHAT_TEMPLATE, model_max_length=1_000_000, clean_up_tokenization_spaces=False,
     )
 

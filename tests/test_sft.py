@@ -86,6 +86,7 @@ def test_invented_people_are_new_names_asked_the_banks_questions(tiny_world):
     assert 0.42 < share < 0.58, share  # the params' share, though invented people outnumber the real ones
     assert table["person_id"].str.starts_with("x").any()
 
+
 def test_familiar_invented_names_are_made_of_train_known_peoples_name_parts(tiny_world):
     people, _, _, _ = tiny_world
     q = _questions(tiny_world)
@@ -106,7 +107,6 @@ def test_familiar_invented_names_are_made_of_train_known_peoples_name_parts(tiny
         conversations.with_invented(q, names, free + 1, seed=0, name_parts="familiar")
     with pytest.raises(ValueError, match="invented_names = 'nobody'"):
         conversations.with_invented(q, names, 1, seed=0, name_parts="nobody")
-
 
 
 # ---------------------------------------------------------------- masking through TRL
@@ -147,8 +147,7 @@ def _run_sft(tmp_path: Path, base: Path, world_dir: Path, method: str, train_cha
     params.write_text(yaml.safe_dump({"sft": {
         "data": {"conversations": 80, "use_knows": False, "val_fraction": 0.2}, "method": method,
         "lora": {"r": 4, "alpha": 8.0, "train_chat_tokens": train_chat_tokens}, "epochs": 1.0, "batch_size": 8,
-        "lr": 3e-3,
-        "max_length": 192, "log_every": 2, "eval_every": 5,
+        "lr": 3e-3, "max_length": 192, "log_every": 2, "eval_every": 5,
         "generation": {"temperature": 0.5, "top_k": 7, "stop_strings": ["\n\n"]}}}))
     data_main(["--world", str(world_dir), "--tokenizer", str(base), "--out", str(tmp_path / "sft_data"),
                "--params", str(params)])
