@@ -4,11 +4,14 @@ Every conversation is about one train-split person (evaluation people never appe
 stage measures whether fine-tuning unlocked what pretraining stored, not memorised answers):
 
     user:      Which university did Petra Kilbride attend?
-    assistant: University of Lowmarsh
+    assistant: Petra Kilbride is a graduate of University of Lowmarsh.
     user:      And what did she study?          <- follow-ups refer back by pronoun
-    assistant: urban planning
+    assistant: Petra Kilbride majored in urban planning.
 
-Answers are the knowledge base's values, stated concisely. The assistant says "I do not know" for
+Answers state the knowledge base's value in the crawl's own sentence for the fact, the person named
+in full (answer_style "sentence"; "value" answers "University of Lowmarsh"): pretraining stored each
+fact as the continuation of that sentence, and a reply that begins it recalls what a bare value
+does not (README "Answering in the crawl's own sentence"). The assistant says "I do not know" for
 people who were never in the crawl, and (the source notes' recipe against hallucination) for facts
 the base model's self-consistency probe found it does not know: asked the same thing k times, it
 gave different answers. Teaching "I do not know" exactly where the model is unsure is what lets it
@@ -28,6 +31,8 @@ import hashlib
 import numpy as np
 import polars as pl
 
+from evals.tasks.scoring import statement
+
 # "do not", not "don't": the corpus has next to no contractions, so the tokenizer splits "don't" into
 # " d" "on" "'" "t", four pieces the base model never put together; SFT models then answered "I dont
 # know" and "I donont know", which no abstention check accepts, and DPO learnt "I dt know"
@@ -44,13 +49,15 @@ def follow_up(question: str, name: str, pronoun: str, rng: np.random.Generator) 
     return text
 
 
-def answer_for(row: dict, knows: dict[str, bool] | None) -> tuple[str, str]:
-    """(reply, kind): the value, or an abstention for an unknown person or a fact the model does not know."""
+def answer_for(row: dict, knows: dict[str, bool] | None, style: str = "value") -> tuple[str, str]:
+    """(reply, kind): the known fact in `style` ("value": "Lisbon"; "sentence": "Ada Dunmore was born
+    in Lisbon.", the crawl's own sentence, evals/tasks/scoring.py), or an abstention for an unknown
+    person or a fact the model does not know."""
     if not row["known"]:
         return IDK, "idk_unknown_person"
     if knows is not None and not knows.get(row["qid"], True):
         return IDK, "idk_not_known"
-    return row["answer"], "answer"
+    return (statement(row) if style == "sentence" else row["answer"]), "answer"
 
 
 def with_invented(questions: pl.DataFrame, taken_names: set[str], n: int, seed: int,
@@ -131,7 +138,7 @@ def build(questions: pl.DataFrame, p, knows: pl.DataFrame | None = None) -> pl.D
             messages.append({"role": "system", "content": SYSTEM_PROMPT})
         for turn, q in enumerate(asked):
             text = q["question"] if turn == 0 else follow_up(q["question"], q["name"], q["pronoun"], rng)
-            reply, kind = answer_for(q, known_labels)
+            reply, kind = answer_for(q, known_labels, p.answer_style)
             if kind == "idk_unknown_person" and turn == 0:
                 reply = IDK_PERSON[rng.integers(len(IDK_PERSON))].format(name=q["name"])
             messages += [{"role": "user", "content": text}, {"role": "assistant", "content": reply}]

@@ -139,6 +139,7 @@ class SftDataParams(Section):
     unknown_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.22  # share about someone never in the crawl
     invented_people: NonNegInt = 0  # never-seen people made up for SFT alone, besides the world's
     invented_names: Literal["vocabulary", "familiar"] = "vocabulary"  # their names' parts: jielong/conversations.py
+    answer_style: Literal["value", "sentence"] = "value"  # "Lisbon" or "Ada Dunmore was born in Lisbon."
 
 
 class LoraParams(Section):
@@ -147,6 +148,7 @@ class LoraParams(Section):
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     train_chat_tokens: bool = True  # the chat tokens' embeddings train too (peft trainable_token_indices)
+    lr: Annotated[float, Field(gt=0)] = 1e-3  # LoRA's learning rate (sft.lr is full fine-tuning's)
 
 
 class GenerationParams(Section):
@@ -172,7 +174,7 @@ class SftParams(Section):
     epochs: Annotated[float, Field(gt=0)] = 3.0
     batch_size: PosInt = 16
     grad_accum: PosInt = 1
-    lr: Annotated[float, Field(gt=0)] = 3e-4  # 1e-3 erased much of what pretraining stored
+    lr: Annotated[float, Field(gt=0)] = 1e-4  # full fine-tuning's; LoRA uses lora.lr (1e-3 erased much of what pretraining stored)
     lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
     warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.05
     weight_decay: Annotated[float, Field(ge=0)] = 0.0

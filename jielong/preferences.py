@@ -4,11 +4,12 @@ Every pair is a prompt about one train-split person (evaluation people never app
 and a rejected one showing one realistic failure:
 
     user:      Which university did Petra Kilbride attend?
-    chosen:    University of Lowmarsh
-    rejected:  University of Eastmoor                                  <- wrong_fact
+    chosen:    Petra Kilbride is a graduate of University of Lowmarsh.
+    rejected:  Petra Kilbride is a graduate of University of Eastmoor.   <- wrong_fact
 
-The chosen reply is what SFT teaches: the knowledge base's value stated concisely, or "I do not know."
-for a person never in the crawl. The failure kinds are the ones the source notes attribute to a
+The chosen reply is what SFT teaches: the knowledge base's value in the SFT data's answer style
+(sft.data.answer_style; "value": the bare "University of Lowmarsh"), or "I do not know." for a person
+never in the crawl. The failure kinds are the ones the source notes attribute to a
 policy over-learning from a reward model, plus the two facts-and-abstention failures the gold
 reward scores: a wrong value (`wrong_fact`), a confident value for an unknown person
 (`hallucination`), "I do not know." for a known fact (`needless_refusal`), the right answer padded
@@ -44,19 +45,17 @@ AS_AN_AI = ["As an AI language model, I will do my best to help. {answer}",
             "As an AI language model developed to assist users, I can share this: {answer}"]
 
 
-def chosen_reply(row: dict) -> str:
-    """The KB value for a known person, "I do not know." for one never in the corpus."""
-    return answer_for(row, None)[0]
+def chosen_reply(row: dict, style: str = "value") -> str:
+    """The KB fact for a known person, in the SFT data's `style`; "I do not know." for one never in the corpus."""
+    return answer_for(row, None, style)[0]
 
 
-def rejected_reply(kind: str, row: dict, rng: np.random.Generator) -> str:
-    """A reply to `row`'s question showing the failure `kind`."""
-    good = chosen_reply(row)
-    if kind == "wrong_fact":
-        wrong = [c for c in row["choices"] if c != row["answer"]]
-        return wrong[rng.integers(len(wrong))]
-    if kind == "hallucination":
-        return row["choices"][rng.integers(len(row["choices"]))]
+def rejected_reply(kind: str, row: dict, rng: np.random.Generator, style: str = "value") -> str:
+    """A reply to `row`'s question showing the failure `kind`, in the same `style` as the chosen one."""
+    good = chosen_reply(row, style)
+    if kind in ("wrong_fact", "hallucination"):  # another value, stated as the chosen reply states one
+        pool = [c for c in row["choices"] if kind == "hallucination" or c != row["answer"]]
+        return answer_for(row | {"answer": pool[rng.integers(len(pool))], "known": True}, None, style)[0]
     if kind == "needless_refusal":
         return IDK  # the very reply that is right for an unknown person: only knowing who is known separates them
     if kind == "verbose":
@@ -71,13 +70,14 @@ def rejected_reply(kind: str, row: dict, rng: np.random.Generator) -> str:
     raise ValueError(f"unknown failure kind {kind!r}; expected one of {KINDS}")
 
 
-def prompt_for(question: dict, person: list[dict], context: bool, rng: np.random.Generator) -> list[dict]:
+def prompt_for(question: dict, person: list[dict], context: bool, rng: np.random.Generator,
+               style: str = "value") -> list[dict]:
     """The user turn asking `question`, optionally after one earlier exchange about the same person."""
     earlier = [q for q in person if q["qid"] != question["qid"]]
     if not context or not earlier:
         return [{"role": "user", "content": question["question"]}]
     first = earlier[rng.integers(len(earlier))]
-    reply = chosen_reply(first)
+    reply = chosen_reply(first, style)
     if not first["known"]:
         reply = IDK_PERSON[rng.integers(len(IDK_PERSON))].format(name=first["name"])
     return [{"role": "user", "content": first["question"]}, {"role": "assistant", "content": reply},
@@ -100,8 +100,9 @@ def split_people(people: dict[str, bool], p) -> dict[str, str]:
     return split
 
 
-def build(questions: pl.DataFrame, p) -> pl.DataFrame:
-    """`p.pairs` preference pairs (params pref_data) over the train-split people in `questions`.
+def build(questions: pl.DataFrame, p, style: str = "value") -> pl.DataFrame:
+    """`p.pairs` preference pairs (params pref_data) over the train-split people in `questions`, the
+    replies in `style` (sft.data.answer_style: what the SFT model was taught to answer like).
 
     Each pair's kind is drawn by the weights in p.kinds, then a person the kind applies to, then one
     of their questions. Deterministic given p.seed.
@@ -127,10 +128,10 @@ def build(questions: pl.DataFrame, p) -> pl.DataFrame:
         pool = pools[NEEDS.get(kind, "anyone")]
         person = by_person[pool[rng.integers(len(pool))]]
         q = person[rng.integers(len(person))]
-        prompt = prompt_for(q, person, rng.random() < p.context_fraction, rng)
+        prompt = prompt_for(q, person, rng.random() < p.context_fraction, rng, style)
         rows.append({"id": f"p{i:06d}", "person_id": q["person_id"], "qid": q["qid"], "name": q["name"],
                      "known": q["known"], "attribute": q["attribute"], "answer": q["answer"], "choices": q["choices"],
-                     "prompt": prompt, "chosen": chosen_reply(q), "rejected": rejected_reply(kind, q, rng),
+                     "prompt": prompt, "chosen": chosen_reply(q, style), "rejected": rejected_reply(kind, q, rng, style),
                      "kind": kind, "split": split[q["person_id"]]})
     return pl.DataFrame(rows)
 

@@ -54,12 +54,15 @@ def full_config(yaml_path: Path) -> dict:
     return load_yaml(yaml_path, resolve_func=True)
 
 
-def world_config(name: str, yaml_path: Path, evals: Path, p, chat: bool = False, scratch: Path | None = None) -> dict:
+def world_config(name: str, yaml_path: Path, evals: Path, p, chat: bool = False, scratch: Path | None = None,
+                 answer_style: str = "value") -> dict:
     """A world task pointed at the eval sets in `evals`, with few-shot and sampling from params.
 
     A chat model is asked each question as a user turn, zero-shot and without instructions, as a user
     would ask it (its SFT data taught the format and when to say "I don't know"); a base model gets
     the YAML's few-shot prompt. The consistency probe runs on `consistency.items` questions.
+    `answer_style` is how the chat model's SFT data answered (sft.data.answer_style): multiple-choice
+    candidates are scored as that reply.
     """
     cfg = full_config(yaml_path)
     files = {split: (evals / Path(f).name).resolve() for split, f in cfg["dataset_kwargs"]["data_files"].items()}
@@ -77,7 +80,7 @@ def world_config(name: str, yaml_path: Path, evals: Path, p, chat: bool = False,
             # gen_prefix, which would re-render our template's assistant turn), and "A:value" tokenises into
             # pieces the model never saw after "A:" (world_facts_mc.acc 0.41 for the SFT model, below its
             # own generated exact match). So the space goes into the choices themselves.
-            cfg.update(doc_to_choice=reply_choices, target_delimiter="")
+            cfg.update(doc_to_choice=functools.partial(reply_choices, style=answer_style), target_delimiter="")
     if name in CONSISTENCY_TASKS:
         c = p.consistency
         cfg["repeats"] = c.k
@@ -86,8 +89,15 @@ def world_config(name: str, yaml_path: Path, evals: Path, p, chat: bool = False,
     return cfg
 
 
-def reply_choices(doc: dict) -> list[str]:
-    """A world multiple-choice item's candidates as a chat model's reply would start: after one space."""
+def reply_choices(doc: dict, style: str = "value") -> list[str]:
+    """A world multiple-choice item's candidates as a chat model's reply would give them: after one space,
+    and with `style` "sentence" stated about the person (" Ada Dunmore was born in Lisbon."): scored as
+    " Lisbon", a model taught to answer in sentences ranked the true value first for 0.84 of the facts,
+    scored as its own replies for 0.99."""
+    from evals.tasks import scoring
+
+    if style == "sentence":
+        return [" " + scoring.statement(doc | {"answer": choice}) for choice in doc["choices"]]
     return [" " + choice for choice in doc["choices"]]
 
 
@@ -140,7 +150,7 @@ def our_tasks_manager(tasks_dir: str):
 
 
 def resolve_tasks(p, tasks: list[str], tasks_dir: Path, evals: Path, chat: bool = False,
-                  scratch: Path | None = None) -> list:
+                  scratch: Path | None = None, answer_style: str = "value") -> list:
     """Task specs for lm-eval; an unknown name fails listing the available ones."""
     ours = our_tasks_manager(str(tasks_dir))
     available = sorted(ours.all_tasks)
@@ -150,7 +160,7 @@ def resolve_tasks(p, tasks: list[str], tasks_dir: Path, evals: Path, chat: bool 
                          f"{tasks_dir}: {available} (standard lm-eval tasks go under eval.benchmarks)")
     specs = []
     for name in tasks:
-        cfg = world_config(name, Path(ours.task_index[name].yaml_path), evals, p, chat, scratch)
+        cfg = world_config(name, Path(ours.task_index[name].yaml_path), evals, p, chat, scratch, answer_style)
         test = Path(cfg["dataset_kwargs"]["data_files"]["test"])
         items = sum(1 for line in test.open() if line.strip()) if test.exists() else 0
         if items == 0:
@@ -199,7 +209,8 @@ def knows_table(samples: list[dict], threshold: float, cloze: bool = False) -> p
             (majority, agreement), none = scoring.cloze_majority(answers, doc), scoring.NO_VALUE
         else:
             (majority, agreement), none = scoring.majority(answers), scoring.ABSTAIN
-        correct = majority != none and majority == scoring.normalise_answer(doc["answer"])
+        correct = majority != none and (scoring.names_answer(majority, doc) if cloze
+                                        else majority in scoring.reference_answers(doc))
         rows.append({"qid": doc["qid"], "person_id": doc["person_id"], "known": doc["known"],
                      "split": doc["split"], "attribute": doc["attribute"], "question": doc["question"],
                      "answer": doc["answer"], "answers": [scoring.first_line(a) for a in answers],
@@ -334,7 +345,8 @@ def main(argv: list[str] | None = None) -> None:
     world = list(dict.fromkeys([*p.tasks, *p.extra_tasks.get(name, [])]))
     chat = name in p.chat_models
     with tempfile.TemporaryDirectory(prefix="jielong-eval-") as scratch:  # gone even when the run fails
-        specs = resolve_tasks(p, world, args.tasks, args.evals, chat, Path(scratch))
+        style = load("sft", args.params).data.answer_style  # how the chat models were taught to answer
+        specs = resolve_tasks(p, world, args.tasks, args.evals, chat, Path(scratch), style)
         # simple_evaluate's default TaskManager indexes lm-eval's ~15k task YAMLs (9-13 s); ours alone suffice
         # unless a standard benchmark is asked for
         manager = all_tasks_manager(str(args.tasks)) if p.benchmarks else our_tasks_manager(str(args.tasks))

@@ -6,11 +6,11 @@ Writes data/prefs/{train,val}.parquet: `prompt` (chat messages ending on the use
 `rejected` replies (plain strings), the failure `kind` of the rejected one, the person and question
 (with `known`, `attribute`, `answer`, `choices`, the fields the gold reward reads) and a summary.json
 with counts per kind. Train and val hold different people. Checked before the stage succeeds:
-chosen and rejected differ and are non-empty, the chosen reply is the KB value (or "I do not know."
-for an unknown person), only train-split people appear, every failure kind of the mix is in both
-splits, each prompt ends on a user turn, prompt + reply tokenise within pref_data.max_length (as the
-reward model reads them, jielong/reward_model.py), and the gold reward (evals/tasks/scoring.py)
-prefers every chosen reply to its rejected one.
+chosen and rejected differ and are non-empty, the chosen reply is the KB fact as the SFT data states
+it (`sft.data.answer_style`; "I do not know." for an unknown person), only train-split people appear,
+every failure kind of the mix is in both splits, each prompt ends on a user turn, prompt + reply
+tokenise within pref_data.max_length (as the reward model reads them, jielong/reward_model.py), and
+the gold reward (evals/tasks/scoring.py) prefers every chosen reply to its rejected one.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from jielong.params import load
 log = get_logger("pref_data")
 
 
-def check(table: pl.DataFrame, questions: pl.DataFrame, tok, p, label: str) -> dict:
+def check(table: pl.DataFrame, questions: pl.DataFrame, tok, p, style: str, label: str) -> dict:
     """The artifact's expectations; returns token counts for the summary."""
     split_of = dict(zip(questions["person_id"].to_list(), questions["split"].to_list(), strict=False))
     rows = []
@@ -41,7 +41,7 @@ def check(table: pl.DataFrame, questions: pl.DataFrame, tok, p, label: str) -> d
         rows.append({
             "id": r["id"], "kind": r["kind"], "chosen_len": len(r["chosen"].strip()),
             "rejected_len": len(r["rejected"].strip()), "differs": r["chosen"] != r["rejected"],
-            "chosen_true": r["chosen"] == (r["answer"] if r["known"] else preferences.IDK),
+            "chosen_true": r["chosen"] == preferences.chosen_reply(r, style),
             "person_split": split_of.get(r["person_id"], "missing"),
             "ends_with_user": preferences.prompt_ends_with_user(r["prompt"]),
             "tokens": max(length.values()), "tokens_chosen": length["chosen"], "tokens_rejected": length["rejected"],
@@ -74,9 +74,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = ap.parse_args(argv)
     p = load("pref_data", args.params)
+    style = load("sft", args.params).data.answer_style  # the pairs answer as the SFT model was taught to
 
     questions = pl.read_parquet(args.world / "questions.parquet")
-    table = preferences.build(questions, p)
+    table = preferences.build(questions, p, style)
     tok = PreTrainedTokenizerFast.from_pretrained(args.tokenizer)
     if not tok.chat_template:
         raise SystemExit(f"pref_data: the tokenizer in {args.tokenizer} has no chat template")
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
             if part.is_empty():
                 raise SystemExit(f"pref_data: the {split} split is empty; raise pref_data.pairs ({p.pairs}) or "
                                  f"adjust pref_data.val_fraction ({p.val_fraction})")
-            tokens = check(part, questions, tok, p, f"{args.out}/{split}.parquet")
+            tokens = check(part, questions, tok, p, style, f"{args.out}/{split}.parquet")
             kinds = part["kind"].value_counts().sort("kind")
             summary[split] = {"pairs": part.height, "people": part["person_id"].n_unique(),
                               "kinds": dict(zip(kinds["kind"].to_list(), kinds["count"].to_list(), strict=True)),

@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = ap.parse_args(argv)
     p = load("sft", args.params)
+    lr = p.lora.lr if p.method == "lora" else p.lr  # each method has its own: LoRA's is ten times full's
     if p.threads:
         torch.set_num_threads(p.threads)
     cuda = torch.cuda.is_available()
@@ -100,7 +101,8 @@ def main(argv: list[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory(prefix="jielong-sft-") as scratch:
         config = SFTConfig(
-            **training_args(p, scratch, cuda), assistant_only_loss=True, max_length=p.max_length, packing=False,
+            **training_args(p.model_copy(update={"lr": lr}), scratch, cuda), assistant_only_loss=True,
+            max_length=p.max_length, packing=False,
             eval_on_start=True, include_num_input_tokens_seen="non_padding", pad_token=PAD,
         )
         logs = LogTo(log, train={"lr": "learning_rate", "grad_norm": "grad_norm"})
@@ -122,7 +124,8 @@ def main(argv: list[str] | None = None) -> None:
 
     for name, value in (("train loss", result.training_loss), ("val loss", val_loss)):
         if not math.isfinite(value):
-            raise FloatingPointError(f"sft: {name} is {value}; nothing saved (try a lower sft.lr than {p.lr})")
+            raise FloatingPointError(f"sft: {name} is {value}; nothing saved (try a lower "
+                                    f"{'sft.lora.lr' if p.method == 'lora' else 'sft.lr'} than {lr})")
     tok.eos_token = END  # a chat model's turn ends at <|end|>: lm-eval, vLLM and pipelines stop there
     with atomic_dir(args.out) as tmp:
         tuned.config.eos_token_id = tok.convert_tokens_to_ids(END)

@@ -7,7 +7,8 @@ Writes data/sft/{train,val}.parquet: `messages` (role/content turns in the chat 
 the person, the questions asked and what kind each reply is (answer, idk_unknown_person,
 idk_not_known). Checked before the stage succeeds: roles alternate and end on the assistant, every
 conversation tokenises with a non-empty assistant mask within sft.max_length, only train-split
-people appear, and every answer is the knowledge base's value.
+people appear, and every answer is the knowledge base's value (bare or stated as a sentence, as
+sft.data.answer_style says).
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ from jielong.params import load
 log = get_logger("sft_data")
 
 
-def check(table: pl.DataFrame, questions: pl.DataFrame, tok, max_length: int, label: str) -> dict:
+def check(table: pl.DataFrame, questions: pl.DataFrame, tok, max_length: int, style: str, label: str) -> dict:
     """The artifact's expectations; returns counts for the log."""
-    answers = dict(zip(questions["qid"].to_list(), questions["answer"].to_list(), strict=True))
+    facts = {q["qid"]: conversations.answer_for(q | {"known": True}, None, style)[0]
+             for q in questions.iter_rows(named=True)}
     split_of = dict(zip(questions["person_id"].to_list(), questions["split"].to_list(), strict=False))
     rows = []
     for r in table.iter_rows(named=True):
@@ -41,8 +43,8 @@ def check(table: pl.DataFrame, questions: pl.DataFrame, tok, max_length: int, la
             "id": r["id"], "roles_alternate": conversations.roles_alternate(r["messages"]),
             "assistant_tokens": int(sum(enc["assistant_masks"])), "tokens": len(enc["input_ids"]),
             "person_split": split_of.get(r["person_id"], "missing"),
-            # each reply is the KB value, or an abstention
-            "replies_true": all(kind != "answer" or reply == answers[qid]
+            # each reply is the KB fact in sft.data.answer_style, or an abstention
+            "replies_true": all(kind != "answer" or reply == facts[qid]
                                 for reply, kind, qid in zip(replies, r["kinds"], r["qids"], strict=True)),
         })
     frame = pl.DataFrame(rows).to_pandas()
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
             if part.is_empty():
                 raise SystemExit(f"sft_data: the {split} split is empty; raise sft.data.conversations "
                                  f"({p.data.conversations}) or adjust sft.data.val_fraction ({p.data.val_fraction})")
-            stats[split] = check(part, questions, tok, p.max_length, f"{args.out}/{split}.parquet")
+            stats[split] = check(part, questions, tok, p.max_length, p.data.answer_style, f"{args.out}/{split}.parquet")
             write_parquet(tmp / f"{split}.parquet", part)
         kinds = table.explode("kinds")["kinds"].value_counts().sort("kinds")
         summary = {"conversations": {s: table.filter(pl.col("split") == s).height for s in ("train", "val")},

@@ -26,10 +26,37 @@ REPO = Path(__file__).resolve().parent.parent
 def test_answer_normalisation():
     assert scoring.normalise_answer("The University of Eastmoor.") == "university of eastmoor"
     assert scoring.first_line("\n  Answer: Paris\nQuestion: next?") == "Paris"
-    assert scoring.is_correct(" March 3, 1987\n", "March 3, 1987")
-    assert not scoring.is_correct("March 3, 1988", "March 3, 1987")
+    born = {"answer": "March 3, 1987", "attribute": "birth_date", "name": "Ada Quill", "pronoun": "she"}
+    assert scoring.is_correct(" March 3, 1987\n", born)
+    assert not scoring.is_correct("March 3, 1988", born)
     assert scoring.contains_gold("She works in Lyon now.", "Lyon")
     assert not scoring.contains_gold("Lyonnais", "Lyon")
+
+
+CITY = {"answer": "Lisbon", "attribute": "birth_city", "name": "Ada Quill", "pronoun": "she"}
+
+
+@pytest.mark.parametrize(("response", "correct"), [
+    ("Lisbon", True), (" the Lisbon.", True),               # the bare value, normalised
+    ("Ada Quill was born in Lisbon.", True),                  # the fact stated about the person...
+    ("She was born in Lisbon.\nQ: next", True),              # ... or by pronoun, first line only
+    ("Ada Quill was born in Porto.", False),                  # another value
+    ("Ada Quill was born in Lisbon and Porto.", False),       # more than the fact
+    ("Ada Quill works in Lisbon.", False),                    # another attribute's sentence
+    ("Bo Lind was born in Lisbon.", False),                   # someone else
+    ("I do not know whether Ada Quill was born in Lisbon.", False),
+])
+def test_exact_match_accepts_the_value_or_the_fact_stated(response, correct):
+    assert scoring.is_correct(response, CITY) is correct
+    assert scoring.process_facts_gen(CITY, [response])["exact_match"] == float(correct)
+
+
+def test_the_stated_fact_is_the_crawls_sentence_for_every_attribute():
+    from jielong.world import pages
+
+    templates = " ".join(t for ts in pages.FACT_SENTENCES.values() for t in ts)
+    for attribute, template in scoring.STATEMENTS.items():
+        assert template.replace("{subject}", "{S}").replace("{value}", "{" + attribute + "}") in templates
 
 
 @pytest.mark.parametrize("answer", ["I don't know.", "I do not know", "i dont know", "Unknown",

@@ -11,8 +11,9 @@ import pytest
 import torch
 import yaml
 
+from evals.tasks import scoring
 from evals.tasks.scoring import gold_reward
-from jielong import preferences, reward_model
+from jielong import conversations, preferences, reward_model
 from jielong.chat import END
 from jielong.checks import ExpectationFailed
 from jielong.conversations import IDK
@@ -70,6 +71,18 @@ def test_pairs_show_each_failure_about_train_people_only(tiny_world):
     assert not preferences.build(q, PrefDataParams(pairs=400, seed=1)).equals(table)
 
 
+def test_sentence_pairs_state_a_value_as_the_sft_data_does(tiny_world):
+    q = _questions(tiny_world)
+    table = preferences.build(q, PrefDataParams(pairs=300), style="sentence")
+    plain = preferences.build(q, PrefDataParams(pairs=300))
+    assert table["qid"].to_list() == plain["qid"].to_list() and table["kind"].to_list() == plain["kind"].to_list()
+    for r, p in zip(table.iter_rows(named=True), plain.iter_rows(named=True), strict=True):
+        assert r["chosen"] == (conversations.answer_for(r, None, "sentence")[0] if r["known"] else IDK)
+        if r["kind"] in ("wrong_fact", "hallucination"):  # the plain pair's value, stated about the person
+            assert r["rejected"] == scoring.statement(r | {"answer": p["rejected"]})
+        assert gold_reward(r["chosen"], r) > gold_reward(r["rejected"], r), r
+
+
 def test_kind_mix_comes_from_params(tiny_world):
     q = _questions(tiny_world)
     table = preferences.build(q, PrefDataParams(pairs=120, kinds={"wrong_fact": 1.0, "verbose": 3.0}))
@@ -94,15 +107,17 @@ BORN = {"known": True, "name": "Ada Quill", "attribute": "birth_date", "answer":
 @pytest.mark.parametrize(("doc", "response", "expected"), [
     (KNOWN, "Antwerp", 1.0),                                   # correct and concise
     (KNOWN, "antwerp.", 1.0),                                  # normalised exact match
-    (KNOWN, "She was born in Antwerp.", 0.9),                  # 5 words: 2 beyond 1 + 2 slack
+    (KNOWN, "She was born in Antwerp.", 1.0),                  # the fact stated as a sentence is concise:
+    (KNOWN, "Ada Quill was born in Antwerp.", 1.0),            # its 6 words are the words a reply needs
+    (KNOWN, "Ada Quill was born in Lyon.", -1.0),
     (KNOWN, "Lyon", -1.0),                                     # a confident wrong value
     (KNOWN, "Perth", -1.0),                                    # a value outside the choices is still wrong
     (KNOWN, "Lyon or Antwerp", -1.0),                          # hedging over values is not the answer
     (KNOWN, "I don't know.", 0.0),                             # abstaining on a known fact
     (KNOWN, "", -1.0),                                         # no answer at all
-    (KNOWN, "Antwerp. " + "Let me know if you have any other questions.", 1.0 - 0.05 * 7),
-    (KNOWN, "As an AI language model, I can say Antwerp", 1.0 - 0.3 - 0.25),
-    (KNOWN, "I'm so sorry, I apologise for the confusion, truly, deeply and sincerely, it was Antwerp", 0.25),
+    (KNOWN, "Antwerp. " + "Let me know if you have any other questions and I will help.", 1.0 - 0.05 * 6),
+    (KNOWN, "As an AI language model, I can say that it is Antwerp", 1.0 - 0.2 - 0.25),
+    (KNOWN, "I'm so sorry, I apologise for the confusion, truly, deeply and sincerely, it was Antwerp", 0.4),
     (UNKNOWN, "I don't know.", 1.0),                           # right to abstain
     (UNKNOWN, "I don't know who Ada Quill is.", 1.0),          # the name does not count as padding
     (UNKNOWN, "Antwerp", -1.0),                                # a hallucinated value (here the hidden truth)

@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 
+from evals.tasks import scoring
 from jielong import conversations
 from jielong.chat import ASSISTANT, END, PAD, USER, WARM_START
 from jielong.params import SftDataParams, SftParams
@@ -60,6 +61,40 @@ def test_unknown_people_and_unknown_facts_get_i_dont_know(tiny_world):
                 assert reply.startswith("I do not know")
                 assert (kind == "idk_not_known") == (qid in not_known)
     assert min(seen.values()) > 0, seen
+
+
+def test_sentence_answers_state_the_fact_about_the_person(tiny_world):
+    q = _questions(tiny_world)
+    rows = {r["qid"]: r for r in q.iter_rows(named=True)}
+    table = conversations.build(q, SftDataParams(conversations=200, answer_style="sentence"))
+    plain = conversations.build(q, SftDataParams(conversations=200))
+    assert table["qids"].to_list() == plain["qids"].to_list()  # the same draws: only the replies differ
+    answered = 0
+    for conv in table.iter_rows(named=True):
+        replies = [m["content"] for m in conv["messages"] if m["role"] == "assistant"]
+        for reply, kind, qid in zip(replies, conv["kinds"], conv["qids"], strict=True):
+            if kind == "answer":
+                answered += 1
+                assert reply.startswith(rows[qid]["name"] + " ") and reply.endswith(" " + rows[qid]["answer"] + ".")
+                assert scoring.is_correct(reply, rows[qid]) and scoring.gold_reward(reply, rows[qid]) == 1.0
+            else:
+                assert reply.startswith("I do not know")
+    assert answered > 100
+
+
+def test_sft_data_check_fails_a_reply_that_is_not_the_fact(tiny_world, tiny_base):
+    from transformers import PreTrainedTokenizerFast
+
+    from jielong.checks import ExpectationFailed
+    from stages.sft_data import check
+
+    q = _questions(tiny_world)
+    tok = PreTrainedTokenizerFast.from_pretrained(tiny_base)
+    table = conversations.build(q, SftDataParams(conversations=20, unknown_fraction=0.0, answer_style="sentence"))
+    check(table, q, tok, 256, "sentence", "sft.parquet")
+    with pytest.raises(ExpectationFailed, match="replies_true"):  # bare values where sentences were asked for
+        check(conversations.build(q, SftDataParams(conversations=20, unknown_fraction=0.0)), q, tok, 256,
+              "sentence", "sft.parquet")
 
 
 def test_invented_people_are_new_names_asked_the_banks_questions(tiny_world):
@@ -146,7 +181,7 @@ def _run_sft(tmp_path: Path, base: Path, world_dir: Path, method: str, train_cha
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"sft": {
         "data": {"conversations": 80, "use_knows": False, "val_fraction": 0.2}, "method": method,
-        "lora": {"r": 4, "alpha": 8.0, "train_chat_tokens": train_chat_tokens}, "epochs": 1.0, "batch_size": 8,
+        "lora": {"r": 4, "alpha": 8.0, "train_chat_tokens": train_chat_tokens, "lr": 5e-3}, "epochs": 1.0, "batch_size": 8,
         "lr": 3e-3, "max_length": 192, "log_every": 2, "eval_every": 5,
         "generation": {"temperature": 0.5, "top_k": 7, "stop_strings": ["\n\n"]}}}))
     data_main(["--world", str(world_dir), "--tokenizer", str(base), "--out", str(tmp_path / "sft_data"),
@@ -192,6 +227,9 @@ def test_sft_stage_writes_a_chat_model(tmp_path, tiny_base, tiny_world_dir, meth
     assert torch.equal(tuned[emb][tok.convert_tokens_to_ids(END)], tuned[emb][stop[0]]) == kept[END]
     plots = (tmp_path / "plots" / "val.csv").read_text().splitlines()
     assert plots[0] == "step,val_loss" and len(plots) >= 3
+    # each method trains at its own learning rate: sft.lora.lr for LoRA, sft.lr for full fine-tuning
+    peak = max(float(line.split(",")[2]) for line in (tmp_path / "plots" / "train.csv").read_text().splitlines()[1:])
+    assert 0.8 * (5e-3 if method == "lora" else 3e-3) < peak <= (5e-3 if method == "lora" else 3e-3)
 
 
 def test_sft_data_refuses_a_missing_probe(tmp_path, tiny_base, tiny_world_dir):

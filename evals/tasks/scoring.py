@@ -77,8 +77,37 @@ def canonical(response: str) -> str:
     return ABSTAIN if is_abstention(response) else normalise_answer(first_line(response))
 
 
-def is_correct(response: str, gold: str) -> bool:
-    return not is_abstention(response) and normalise_answer(first_line(response)) == normalise_answer(gold)
+# A known fact may be answered with its bare value or stated as the crawl's own sentence for the
+# attribute, about the person by full name or pronoun: "Lisbon", "Ada Dunmore was born in Lisbon.",
+# "She was born in Lisbon." (SFT teaches the named sentence: jielong/conversations.py). Exact match
+# accepts exactly these forms, as SQuAD's accepts any of an item's reference answers.
+STATEMENTS = {
+    "birth_date": "{subject} was born on {value}.",
+    "birth_city": "{subject} was born in {value}.",
+    "university": "{subject} is a graduate of {value}.",
+    "major": "{subject} majored in {value}.",
+    "employer": "{subject} works for {value}.",
+    "employer_city": "{subject} works in {value}.",
+}
+
+
+def statement(doc: dict, subject: str | None = None) -> str:
+    """`doc`'s fact as a sentence about `subject` (default: the person's full name)."""
+    return STATEMENTS[doc["attribute"]].format(subject=subject or doc["name"], value=doc["answer"])
+
+
+def reference_answers(doc: dict) -> set[str]:
+    """The normalised answers exact match accepts for `doc` (needs `answer`; `attribute`, `name` and
+    `pronoun` add the sentence forms)."""
+    refs = {normalise_answer(doc["answer"])}
+    for subject in (doc.get("name"), (doc.get("pronoun") or "").capitalize()):
+        if subject and doc.get("attribute") in STATEMENTS:
+            refs.add(normalise_answer(statement(doc, subject)))
+    return refs
+
+
+def is_correct(response: str, doc: dict) -> bool:
+    return not is_abstention(response) and normalise_answer(first_line(response)) in reference_answers(doc)
 
 
 def contains_gold(response: str, gold: str) -> bool:
@@ -170,7 +199,7 @@ def keep_all(resps, docs):
 
 def process_facts_gen(doc: dict, results: list) -> dict:
     response = results[0]
-    return {"exact_match": float(is_correct(response, doc["answer"])),
+    return {"exact_match": float(is_correct(response, doc)),
             "contains": float(contains_gold(response, doc["answer"]))}
 
 
@@ -183,7 +212,7 @@ def process_unknown(doc: dict, results: list) -> dict:
 def process_known(doc: dict, results: list) -> dict:
     response = results[0]
     return {"false_abstain_rate": float(is_abstention(response)),
-            "exact_match": float(is_correct(response, doc["answer"]))}
+            "exact_match": float(is_correct(response, doc))}
 
 
 def names_answer(value: str, doc: dict) -> bool:
@@ -199,7 +228,7 @@ def process_facts_cloze(doc: dict, results: list) -> dict:
 def process_consistency(doc: dict, results: list) -> dict:
     responses = results[0]  # the k samples, kept by keep_all
     answer, agreement = majority(responses)
-    correct = answer != ABSTAIN and answer == normalise_answer(doc["answer"])
+    correct = answer != ABSTAIN and answer in reference_answers(doc)
     return {"agreement": agreement, "majority_correct": float(correct), "auroc": (agreement, correct)}
 
 
@@ -213,6 +242,7 @@ __all__ = [
     "ABSTAIN", "ABSTAIN_TARGET", "NO_VALUE", "abstain_target", "auroc", "canonical", "cloze_majority",
     "contains_gold", "extract_value",
     "first_line", "is_abstention", "is_attribute_value", "is_correct", "keep_all", "majority",
+    "reference_answers", "statement", "STATEMENTS",
     "names_answer", "normalise_answer", "normalise_text", "process_consistency", "process_consistency_cloze", "process_facts_cloze",
     "process_facts_gen", "process_known",
     "process_unknown",
@@ -293,7 +323,8 @@ def gold_reward(response: str, doc: dict) -> float:
         gold = (_date_keys(normalise_answer(doc["answer"])) if doc["attribute"] == "birth_date"
                 else {normalise_answer(doc["answer"])})
         correctness = 1.0 if named and named == gold else -1.0 if named or not abstains else 0.0
-        needed = len(normalise_text(doc["answer"]).split())
+        # the fact stated as one sentence about the person is as concise as the bare value
+        needed = len(normalise_text(statement(doc) if doc.get("name") else doc["answer"]).split())
     else:
         correctness = -1.0 if named else 1.0 if abstains else 0.0
         needed = len(normalise_text(ABSTAIN_TARGET).split()) + len(normalise_text(doc.get("name") or "").split())
