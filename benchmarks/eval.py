@@ -66,7 +66,8 @@ def run(model: Path = REPO / "data" / "models" / "base", evals: Path = REPO / "d
     chat = model.name in p.chat_models
     scratch = Path(tempfile.mkdtemp(prefix="jielong-eval-bench-"))
     try:
-        specs = resolve_tasks(p, list(tasks), tasks_dir, evals, chat, scratch)
+        specs = resolve_tasks(p, list(tasks), tasks_dir, evals, chat, scratch,
+                              load("sft", params).data.answer_style)
         # given our tasks only: without one, lm-eval indexes its ~15k task YAMLs on every call (~10 s here)
         manager = TaskManager(include_path=str(tasks_dir), include_defaults=False)
         builders = {"ours": lambda: load_lm(model, p),

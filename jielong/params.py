@@ -486,7 +486,7 @@ class PpoParams(Section):
     heldout_prompts: PosInt = 64  # train-split questions never trained on, rolled out before and after: metrics
     # sampling: with top_k/top_p the responses come from a truncated distribution, but log-probs (and so the
     # ratio and the KL) are computed on the full one; the RLHF write-ups sample untruncated
-    max_new_tokens: PosInt = 16
+    max_new_tokens: PosInt = 24  # the longest stated fact is 20 tokens with <|end|>
     temperature: Annotated[float, Field(gt=0)] = 0.7
     top_k: NonNegInt = 0  # 0: off
     top_p: Annotated[float, Field(gt=0, le=1)] = 1.0  # 1: off

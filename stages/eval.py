@@ -208,7 +208,7 @@ def knows_table(samples: list[dict], threshold: float, cloze: bool = False) -> p
         if cloze:
             (majority, agreement), none = scoring.cloze_majority(answers, doc), scoring.NO_VALUE
         else:
-            (majority, agreement), none = scoring.majority(answers), scoring.ABSTAIN
+            (majority, agreement), none = scoring.majority(answers, doc), scoring.ABSTAIN
         correct = majority != none and (scoring.names_answer(majority, doc) if cloze
                                         else majority in scoring.reference_answers(doc))
         rows.append({"qid": doc["qid"], "person_id": doc["person_id"], "known": doc["known"],

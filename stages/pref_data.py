@@ -41,7 +41,9 @@ def check(table: pl.DataFrame, questions: pl.DataFrame, tok, p, style: str, labe
         rows.append({
             "id": r["id"], "kind": r["kind"], "chosen_len": len(r["chosen"].strip()),
             "rejected_len": len(r["rejected"].strip()), "differs": r["chosen"] != r["rejected"],
-            "chosen_true": r["chosen"] == preferences.chosen_reply(r, style),
+            # the KB value (by the grader's exact match), stated as the style says; or the abstention
+            "chosen_true": (scoring.is_correct(r["chosen"], r) and r["chosen"].startswith(r["name"] + " ")
+                            == (style == "sentence")) if r["known"] else r["chosen"] == preferences.IDK,
             "person_split": split_of.get(r["person_id"], "missing"),
             "ends_with_user": preferences.prompt_ends_with_user(r["prompt"]),
             "tokens": max(length.values()), "tokens_chosen": length["chosen"], "tokens_rejected": length["rejected"],

@@ -86,6 +86,10 @@ def test_majority_and_agreement():
     assert (answer, agreement) == ("paris", 0.4)  # tie with the abstentions: the first seen wins
     assert scoring.majority(["I don't know", "No idea", "Lyon"]) == (scoring.ABSTAIN, 2 / 3)
     assert scoring.majority(["a", "b", "c", "d"])[1] == 0.25
+    # asked about a person, a value and its sentence about her are one answer
+    said = ["Ada Quill was born in Lisbon.", "She was born in Lisbon.", "Lisbon", "Ada Quill was born in Porto."]
+    assert scoring.majority(said, CITY) == ("lisbon", 0.75)
+    assert scoring.process_consistency(CITY, [said])["majority_correct"] == 1.0
 
 
 def test_auroc_by_hand():

@@ -97,7 +97,7 @@ def test_kind_mix_comes_from_params(tiny_world):
 
 
 # ---------------------------------------------------------------- the gold reward
-KNOWN = {"known": True, "name": "Ada Quill", "attribute": "birth_city", "answer": "Antwerp",
+KNOWN = {"known": True, "name": "Ada Quill", "pronoun": "she", "attribute": "birth_city", "answer": "Antwerp",
          "choices": ["Lyon", "Antwerp", "Dresden", "Nairobi"], "values": ["Antwerp", "Lyon", "Dresden", "Nairobi", "Perth"]}
 UNKNOWN = {**KNOWN, "known": False}
 BORN = {"known": True, "name": "Ada Quill", "attribute": "birth_date", "answer": "March 10, 1969",
@@ -107,17 +107,19 @@ BORN = {"known": True, "name": "Ada Quill", "attribute": "birth_date", "answer":
 @pytest.mark.parametrize(("doc", "response", "expected"), [
     (KNOWN, "Antwerp", 1.0),                                   # correct and concise
     (KNOWN, "antwerp.", 1.0),                                  # normalised exact match
-    (KNOWN, "She was born in Antwerp.", 1.0),                  # the fact stated as a sentence is concise:
-    (KNOWN, "Ada Quill was born in Antwerp.", 1.0),            # its 6 words are the words a reply needs
+    (KNOWN, "She was born in Antwerp.", 1.0),                  # the fact's sentence about the person is concise:
+    (KNOWN, "Ada Quill was born in Antwerp.", 1.0),            # a reply opening so needs its words
     (KNOWN, "Ada Quill was born in Lyon.", -1.0),
+    (KNOWN, "In short: Ada Quill was born in Antwerp.", 0.75), # not opening so: 8 words, 1 + 2 needed
     (KNOWN, "Lyon", -1.0),                                     # a confident wrong value
     (KNOWN, "Perth", -1.0),                                    # a value outside the choices is still wrong
     (KNOWN, "Lyon or Antwerp", -1.0),                          # hedging over values is not the answer
     (KNOWN, "I don't know.", 0.0),                             # abstaining on a known fact
     (KNOWN, "", -1.0),                                         # no answer at all
-    (KNOWN, "Antwerp. " + "Let me know if you have any other questions and I will help.", 1.0 - 0.05 * 6),
-    (KNOWN, "As an AI language model, I can say that it is Antwerp", 1.0 - 0.2 - 0.25),
-    (KNOWN, "I'm so sorry, I apologise for the confusion, truly, deeply and sincerely, it was Antwerp", 0.4),
+    (KNOWN, "Antwerp. " + "Let me know if you have any other questions.", 1.0 - 0.05 * 7),
+    (KNOWN, "Ada Quill was born in Antwerp. " + "Let me know if you have any other questions.", 1.0 - 0.05 * 7),
+    (KNOWN, "As an AI language model, I can say Antwerp", 1.0 - 0.3 - 0.25),
+    (KNOWN, "I'm so sorry, I apologise for the confusion, truly, deeply and sincerely, it was Antwerp", 0.25),
     (UNKNOWN, "I don't know.", 1.0),                           # right to abstain
     (UNKNOWN, "I don't know who Ada Quill is.", 1.0),          # the name does not count as padding
     (UNKNOWN, "Antwerp", -1.0),                                # a hallucinated value (here the hidden truth)

@@ -72,9 +72,16 @@ def is_attribute_value(response: str, attribute: str, values: list[str] | None) 
     return any(f" {normalise_text(v)} " in padded for v in values or [] if normalise_text(v))
 
 
-def canonical(response: str) -> str:
-    """The form answers are compared in for agreement: abstentions collapse to one token."""
-    return ABSTAIN if is_abstention(response) else normalise_answer(first_line(response))
+def canonical(response: str, doc: dict | None = None) -> str:
+    """The form answers are compared in for agreement: abstentions collapse to one token, and with `doc`
+    a fact stated about its person ("Ada Dunmore was born in Lisbon.") to the value it states."""
+    if is_abstention(response):
+        return ABSTAIN
+    text = normalise_answer(first_line(response))
+    for _, opening in statement_openings(doc or {}):
+        if text.startswith(opening + " "):
+            return text[len(opening) + 1:]
+    return text
 
 
 # A known fact may be answered with its bare value or stated as the crawl's own sentence for the
@@ -96,6 +103,15 @@ def statement(doc: dict, subject: str | None = None) -> str:
     return STATEMENTS[doc["attribute"]].format(subject=subject or doc["name"], value=doc["answer"])
 
 
+def statement_openings(doc: dict) -> list[tuple[str, str]]:
+    """(subject, normalised opening) of `doc`'s statement about its person, by name and by pronoun
+    (("Ada Dunmore", "ada dunmore was born in"), ("She", "she was born in")); none without
+    `attribute` or a subject."""
+    template = STATEMENTS.get(doc.get("attribute"))
+    subjects = [doc.get("name"), (doc.get("pronoun") or "").capitalize()]
+    return [(s, normalise_answer(template.format(subject=s, value=""))) for s in subjects if template and s]
+
+
 def reference_answers(doc: dict) -> set[str]:
     """The normalised answers exact match accepts for `doc` (needs `answer`; `attribute`, `name` and
     `pronoun` add the sentence forms)."""
@@ -115,12 +131,13 @@ def contains_gold(response: str, gold: str) -> bool:
 
 
 # ---------------------------------------------------------------- self-consistency
-def majority(responses: list[str]) -> tuple[str, float]:
-    """(majority answer in canonical form, agreement = share of the k answers equal to it).
+def majority(responses: list[str], doc: dict | None = None) -> tuple[str, float]:
+    """(majority answer in canonical form, agreement = share of the k answers equal to it); with `doc`,
+    "Lisbon" and "Ada Dunmore was born in Lisbon." are one answer.
 
     Ties go to the answer seen first, so the result does not depend on hash order.
     """
-    forms = [canonical(r) for r in responses]
+    forms = [canonical(r, doc) for r in responses]
     if not forms:
         raise ValueError("majority of zero answers")
     counts = Counter(forms)
@@ -227,7 +244,7 @@ def process_facts_cloze(doc: dict, results: list) -> dict:
 
 def process_consistency(doc: dict, results: list) -> dict:
     responses = results[0]  # the k samples, kept by keep_all
-    answer, agreement = majority(responses)
+    answer, agreement = majority(responses, doc)
     correct = answer != ABSTAIN and answer in reference_answers(doc)
     return {"agreement": agreement, "majority_correct": float(correct), "auroc": (agreement, correct)}
 
@@ -242,7 +259,7 @@ __all__ = [
     "ABSTAIN", "ABSTAIN_TARGET", "NO_VALUE", "abstain_target", "auroc", "canonical", "cloze_majority",
     "contains_gold", "extract_value",
     "first_line", "is_abstention", "is_attribute_value", "is_correct", "keep_all", "majority",
-    "reference_answers", "statement", "STATEMENTS",
+    "reference_answers", "statement", "statement_openings", "STATEMENTS",
     "names_answer", "normalise_answer", "normalise_text", "process_consistency", "process_consistency_cloze", "process_facts_cloze",
     "process_facts_gen", "process_known",
     "process_unknown",
@@ -323,8 +340,11 @@ def gold_reward(response: str, doc: dict) -> float:
         gold = (_date_keys(normalise_answer(doc["answer"])) if doc["attribute"] == "birth_date"
                 else {normalise_answer(doc["answer"])})
         correctness = 1.0 if named and named == gold else -1.0 if named or not abstains else 0.0
-        # the fact stated as one sentence about the person is as concise as the bare value
-        needed = len(normalise_text(statement(doc) if doc.get("name") else doc["answer"]).split())
+        # a reply that opens as the fact's sentence about the person ("Ada Dunmore was born in ...")
+        # needs that sentence's words; any other reply the value's
+        text = normalise_answer(first_line(response))
+        subject = next((s for s, opening in statement_openings(doc) if text.startswith(opening + " ")), None)
+        needed = len(normalise_text(statement(doc, subject) if subject else doc["answer"]).split())
     else:
         correctness = -1.0 if named else 1.0 if abstains else 0.0
         needed = len(normalise_text(ABSTAIN_TARGET).split()) + len(normalise_text(doc.get("name") or "").split())
