@@ -57,17 +57,18 @@ def run(model: Path = REPO / "data" / "models" / "base", evals: Path = REPO / "d
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    from jielong.params import load
+    from jielong.params import load_all
     from stages.eval import load_lm, resolve_tasks
 
     if not (model / "config.json").exists():
         raise SystemExit(f"eval benchmark: {model} is not a model directory; run `dvc repro pretrain` first")
-    p = load("eval", params)
+    every = load_all(params)
+    p = every.eval
     chat = model.name in p.chat_models
     scratch = Path(tempfile.mkdtemp(prefix="jielong-eval-bench-"))
     try:
         specs = resolve_tasks(p, list(tasks), tasks_dir, evals, chat, scratch,
-                              load("sft", params).data.answer_style)
+                              every.sft.data.answer_style)
         # given our tasks only: without one, lm-eval indexes its ~15k task YAMLs on every call (~10 s here)
         manager = TaskManager(include_path=str(tasks_dir), include_defaults=False)
         builders = {"ours": lambda: load_lm(model, p),

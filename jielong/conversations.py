@@ -49,15 +49,20 @@ def follow_up(question: str, name: str, pronoun: str, rng: np.random.Generator) 
     return text
 
 
+def stated(row: dict, style: str = "value") -> str:
+    """`row`'s answer as a reply in `style`: "value" "Lisbon"; "sentence" "Ada Dunmore was born in
+    Lisbon.", the crawl's own sentence (evals/tasks/scoring.py STATEMENTS)."""
+    return statement(row) if style == "sentence" else row["answer"]
+
+
 def answer_for(row: dict, knows: dict[str, bool] | None, style: str = "value") -> tuple[str, str]:
-    """(reply, kind): the known fact in `style` ("value": "Lisbon"; "sentence": "Ada Dunmore was born
-    in Lisbon.", the crawl's own sentence, evals/tasks/scoring.py), or an abstention for an unknown
-    person or a fact the model does not know."""
+    """(reply, kind): the known fact stated in `style`, or an abstention for an unknown person or a
+    fact the model does not know."""
     if not row["known"]:
         return IDK, "idk_unknown_person"
     if knows is not None and not knows.get(row["qid"], True):
         return IDK, "idk_not_known"
-    return (statement(row) if style == "sentence" else row["answer"]), "answer"
+    return stated(row, style), "answer"
 
 
 def with_invented(questions: pl.DataFrame, taken_names: set[str], n: int, seed: int,

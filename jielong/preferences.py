@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from jielong.conversations import IDK, IDK_PERSON, answer_for, follow_up, hash_fraction
+from jielong.conversations import IDK, IDK_PERSON, answer_for, follow_up, hash_fraction, stated
 
 KINDS = ["wrong_fact", "hallucination", "needless_refusal", "verbose", "over_apologising", "as_an_ai"]
 NEEDS = {"wrong_fact": "known", "needless_refusal": "known", "hallucination": "unknown"}  # others: anyone
@@ -55,14 +55,14 @@ def rejected_reply(kind: str, row: dict, rng: np.random.Generator, style: str = 
     good = chosen_reply(row, style)
     if kind in ("wrong_fact", "hallucination"):  # another value, stated as the chosen reply states one
         pool = [c for c in row["choices"] if kind == "hallucination" or c != row["answer"]]
-        return answer_for(row | {"answer": pool[rng.integers(len(pool))], "known": True}, None, style)[0]
+        return stated(row | {"answer": pool[rng.integers(len(pool))]}, style)
     if kind == "needless_refusal":
         return IDK  # the very reply that is right for an unknown person: only knowing who is known separates them
     if kind == "verbose":
         opener = OPENERS[rng.integers(len(OPENERS))] if rng.random() < 0.5 else ""
         fillers = [FILLERS[j] for j in rng.permutation(len(FILLERS))[:int(rng.integers(1, 4))]]
-        stated = good if good.endswith((".", "!", "?")) else good + "."
-        return " ".join([opener + stated, *fillers])
+        ended = good if good.endswith((".", "!", "?")) else good + "."
+        return " ".join([opener + ended, *fillers])
     if kind == "over_apologising":
         return APOLOGIES[rng.integers(len(APOLOGIES))].format(answer=good)
     if kind == "as_an_ai":

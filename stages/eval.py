@@ -34,7 +34,7 @@ from jielong.checks import expect, gx
 from jielong.io import atomic_dir, write_parquet
 from jielong.log import get_logger
 from jielong.metrics import write_metrics
-from jielong.params import load
+from jielong.params import load_all
 
 log = get_logger("eval")
 
@@ -328,7 +328,8 @@ def main(argv: list[str] | None = None) -> None:
                     "(default data/eval_work/<name>; emptied after success)")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = ap.parse_args(argv)
-    p = load("eval", args.params)
+    params = load_all(args.params)
+    p, style = params.eval, params.sft.data.answer_style  # style: how the chat models were taught to answer
     name = args.name or args.model.name
     out = args.out or Path("metrics/eval") / f"{name}.json"
     samples_dir = args.samples or Path("data/eval") / name
@@ -345,7 +346,6 @@ def main(argv: list[str] | None = None) -> None:
     world = list(dict.fromkeys([*p.tasks, *p.extra_tasks.get(name, [])]))
     chat = name in p.chat_models
     with tempfile.TemporaryDirectory(prefix="jielong-eval-") as scratch:  # gone even when the run fails
-        style = load("sft", args.params).data.answer_style  # how the chat models were taught to answer
         specs = resolve_tasks(p, world, args.tasks, args.evals, chat, Path(scratch), style)
         # simple_evaluate's default TaskManager indexes lm-eval's ~15k task YAMLs (9-13 s); ours alone suffice
         # unless a standard benchmark is asked for

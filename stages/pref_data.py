@@ -27,7 +27,7 @@ from jielong import preferences, reward_model
 from jielong.checks import expect, gx
 from jielong.io import atomic_dir, write_parquet
 from jielong.log import get_logger
-from jielong.params import load
+from jielong.params import load_all
 
 log = get_logger("pref_data")
 
@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("data/prefs"))
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = ap.parse_args(argv)
-    p = load("pref_data", args.params)
-    style = load("sft", args.params).data.answer_style  # the pairs answer as the SFT model was taught to
+    params = load_all(args.params)
+    p, style = params.pref_data, params.sft.data.answer_style  # the pairs answer as the SFT model was taught to
 
     questions = pl.read_parquet(args.world / "questions.parquet")
     table = preferences.build(questions, p, style)

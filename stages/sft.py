@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = ap.parse_args(argv)
     p = load("sft", args.params)
-    lr = p.lora.lr if p.method == "lora" else p.lr  # each method has its own: LoRA's is ten times full's
+    # each method has its own learning rate: LoRA's is ten times full fine-tuning's
+    lr_param, lr = ("sft.lora.lr", p.lora.lr) if p.method == "lora" else ("sft.lr", p.lr)
     if p.threads:
         torch.set_num_threads(p.threads)
     cuda = torch.cuda.is_available()
@@ -124,8 +125,7 @@ def main(argv: list[str] | None = None) -> None:
 
     for name, value in (("train loss", result.training_loss), ("val loss", val_loss)):
         if not math.isfinite(value):
-            raise FloatingPointError(f"sft: {name} is {value}; nothing saved (try a lower "
-                                    f"{'sft.lora.lr' if p.method == 'lora' else 'sft.lr'} than {lr})")
+            raise FloatingPointError(f"sft: {name} is {value}; nothing saved (try a lower {lr_param} than {lr})")
     tok.eos_token = END  # a chat model's turn ends at <|end|>: lm-eval, vLLM and pipelines stop there
     with atomic_dir(args.out) as tmp:
         tuned.config.eos_token_id = tok.convert_tokens_to_ids(END)

@@ -31,8 +31,7 @@ log = get_logger("sft_data")
 
 def check(table: pl.DataFrame, questions: pl.DataFrame, tok, max_length: int, style: str, label: str) -> dict:
     """The artifact's expectations; returns counts for the log."""
-    facts = {q["qid"]: conversations.answer_for(q | {"known": True}, None, style)[0]
-             for q in questions.iter_rows(named=True)}
+    facts = {q["qid"]: conversations.stated(q, style) for q in questions.iter_rows(named=True)}
     split_of = dict(zip(questions["person_id"].to_list(), questions["split"].to_list(), strict=False))
     rows = []
     for r in table.iter_rows(named=True):

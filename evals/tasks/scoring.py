@@ -78,10 +78,8 @@ def canonical(response: str, doc: dict | None = None) -> str:
     if is_abstention(response):
         return ABSTAIN
     text = normalise_answer(first_line(response))
-    for _, opening in statement_openings(doc or {}):
-        if text.startswith(opening + " "):
-            return text[len(opening) + 1:]
-    return text
+    _, opening = opens_statement(text, doc or {})
+    return text[len(opening) + 1:] if opening else text
 
 
 # A known fact may be answered with its bare value or stated as the crawl's own sentence for the
@@ -112,14 +110,16 @@ def statement_openings(doc: dict) -> list[tuple[str, str]]:
     return [(s, normalise_answer(template.format(subject=s, value=""))) for s in subjects if template and s]
 
 
+def opens_statement(text: str, doc: dict) -> tuple[str | None, str | None]:
+    """(subject, opening) of the statement about `doc`'s person that normalised `text` opens with
+    ("ada dunmore was born in lisbon" -> ("Ada Dunmore", "ada dunmore was born in")); (None, None) if none."""
+    return next(((s, o) for s, o in statement_openings(doc) if text.startswith(o + " ")), (None, None))
+
+
 def reference_answers(doc: dict) -> set[str]:
     """The normalised answers exact match accepts for `doc` (needs `answer`; `attribute`, `name` and
     `pronoun` add the sentence forms)."""
-    refs = {normalise_answer(doc["answer"])}
-    for subject in (doc.get("name"), (doc.get("pronoun") or "").capitalize()):
-        if subject and doc.get("attribute") in STATEMENTS:
-            refs.add(normalise_answer(statement(doc, subject)))
-    return refs
+    return {normalise_answer(doc["answer"])} | {normalise_answer(statement(doc, s)) for s, _ in statement_openings(doc)}
 
 
 def is_correct(response: str, doc: dict) -> bool:
@@ -259,7 +259,7 @@ __all__ = [
     "ABSTAIN", "ABSTAIN_TARGET", "NO_VALUE", "abstain_target", "auroc", "canonical", "cloze_majority",
     "contains_gold", "extract_value",
     "first_line", "is_abstention", "is_attribute_value", "is_correct", "keep_all", "majority",
-    "reference_answers", "statement", "statement_openings", "STATEMENTS",
+    "opens_statement", "reference_answers", "statement", "statement_openings", "STATEMENTS",
     "names_answer", "normalise_answer", "normalise_text", "process_consistency", "process_consistency_cloze", "process_facts_cloze",
     "process_facts_gen", "process_known",
     "process_unknown",
@@ -342,8 +342,7 @@ def gold_reward(response: str, doc: dict) -> float:
         correctness = 1.0 if named and named == gold else -1.0 if named or not abstains else 0.0
         # a reply that opens as the fact's sentence about the person ("Ada Dunmore was born in ...")
         # needs that sentence's words; any other reply the value's
-        text = normalise_answer(first_line(response))
-        subject = next((s for s, opening in statement_openings(doc) if text.startswith(opening + " ")), None)
+        subject, _ = opens_statement(normalise_answer(first_line(response)), doc)
         needed = len(normalise_text(statement(doc, subject) if subject else doc["answer"]).split())
     else:
         correctness = -1.0 if named else 1.0 if abstains else 0.0
