@@ -9,7 +9,11 @@ from __future__ import annotations
 import logging
 import os
 
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainingArguments
+
+# newer transformers names it activation_checkpointing (the old name a deprecated alias); older 5.x knows only the old
+_CHECKPOINTING = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+                  else "gradient_checkpointing")
 
 
 def training_args(p, scratch: str, cuda: bool) -> dict:
@@ -25,7 +29,7 @@ def training_args(p, scratch: str, cuda: bool) -> dict:
         # each of these stages takes minutes and restarts cleanly when killed
         save_strategy="no", report_to="none", seed=p.seed, data_seed=p.seed, use_cpu=not cuda, bf16=cuda,
         dataloader_num_workers=0,
-        activation_checkpointing=False,  # TRL's default trades ~30% speed for memory a small model does not need
+        **{_CHECKPOINTING: False},  # TRL's default trades ~30% speed for memory a small model does not need
         disable_tqdm=os.environ.get("JIELONG_PROGRESS", "1") == "0",
     )
 

@@ -132,6 +132,34 @@ def test_article_readers_are_nobody_of_the_world():
     assert rng.random() == after.random()  # the rule draws nothing: the rest of the crawl is unchanged
 
 
+
+def test_a_reader_is_no_prefix_or_extension_of_a_world_persons_name():
+    import datetime as dt
+    import random
+
+    from jielong.world import vocab
+    from jielong.world.crawl import article_page
+
+    # every "<first> Castellan" is a world person: a reader drawn as "<first> Castellanos" would name them
+    taken = {f"{f} Castellan" for f, _ in vocab.FIRST_NAMES}
+    pages = [article_page(random.Random(seed), dt.date(2024, 1, 1), 0, taken) for seed in range(300)]
+    assert not [p.text for p in pages if "Castellan" in p.text]
+
+
+def test_never_seen_people_are_apart_from_the_known_ones():
+    from jielong.world.people import apart
+
+    # a page about known Kasimir Castellanos names "Kasimir Castellan"; and the other way round
+    for known, unknown in (("Castellanos", "Castellan"), ("Castellan", "Castellanos")):
+        chosen = [("Kasimir", "he", known), ("Ada", "she", unknown), ("Kasimir", "he", unknown)]
+        out = apart(chosen, known=1)
+        assert out[:2] == chosen[:2]  # known people and unrelated names stay
+        assert out[2][0] == "Kasimir" and "Castellan" not in out[2][2]
+    # a moved name never lands on another person's
+    chosen = [("Kasimir", "he", "Castellanos"), ("Kasimir", "he", "Castellan"), ("Kasimir", "he", "Dunmore")]
+    out = apart(chosen, known=1)
+    assert len(set(out)) == 3 and out[2] == chosen[2] and out[1][2] not in ("Castellan", "Dunmore")
+
 def test_a_page_naming_an_unknown_person_fails_the_world_stage(tiny, tiny_world_dir, tmp_path):
     import shutil
 

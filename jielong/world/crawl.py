@@ -74,8 +74,9 @@ def article_page(rng: random.Random, crawl_date: dt.date, number: int, taken: se
                  site: str | None = None) -> Page:
     """An everyday-topic article: six topic sentences plus reader notes with their own names and places.
 
-    The reader is nobody of the world: a drawn name that is a world person's (`taken`) moves on to the
-    next free surname, so a never-seen person stays unseen and a known one gets no stray city.
+    The reader is nobody of the world: a drawn name that is a world person's (`taken`), or one that
+    begins or extends it (vocab.SURNAME_VARIANTS), moves on to the next free surname, so a never-seen
+    person stays unseen and a known one gets no stray city.
     """
     topic = rng.choice(sorted(texts.ARTICLE_TOPICS))
     sentences = rng.sample(texts.ARTICLE_TOPICS[topic], 6)
@@ -85,7 +86,7 @@ def article_page(rng: random.Random, crawl_date: dt.date, number: int, taken: se
     at = vocab.SURNAMES.index(last)
     for step in range(len(vocab.SURNAMES)):
         last = vocab.SURNAMES[(at + step) % len(vocab.SURNAMES)]
-        if f"{first[0]} {last}" not in taken:
+        if all(f"{first[0]} {v}" not in taken for v in vocab.SURNAME_VARIANTS[last]):
             break
     else:
         raise ValueError(f"world: every name with first name {first[0]} belongs to a world person")

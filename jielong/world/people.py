@@ -65,7 +65,7 @@ def make_people(rng: random.Random, known: int, unknown: int, eval_fraction: flo
     names = [(f, p, s) for f, p in vocab.FIRST_NAMES for s in vocab.SURNAMES]
     if known + unknown > len(names):
         raise ValueError(f"world: known_people + unknown_people = {known + unknown} exceeds {len(names)} unique names")
-    chosen = rng.sample(names, known + unknown)
+    chosen = apart(rng.sample(names, known + unknown), known)
     people = []
     for i, (first, pronoun, last) in enumerate(chosen):
         is_known = i < known
@@ -84,6 +84,29 @@ def make_people(rng: random.Random, known: int, unknown: int, eval_fraction: flo
             employer=employer, employer_city=employer_city,
         ))
     return people
+
+
+def apart(chosen: list[tuple[str, str, str]], known: int) -> list[tuple[str, str, str]]:
+    """`chosen` (first name, pronoun, surname; the first `known` are known people) with no never-seen
+    person sharing a known one's first name and a surname variant (vocab.SURNAME_VARIANTS): the known
+    person's pages would name them. Such a one moves on to the next surname that is free; the rng is not
+    drawn again, so a world without such a pair is unchanged."""
+    taken = {(f, s) for f, _, s in chosen}
+    known_names = {(f, s) for f, _, s in chosen[:known]}
+    out = list(chosen[:known])
+    for first, pronoun, last in chosen[known:]:
+        at = vocab.SURNAMES.index(last)
+        for step in range(len(vocab.SURNAMES)):
+            surname = vocab.SURNAMES[(at + step) % len(vocab.SURNAMES)]
+            if (step == 0 or (first, surname) not in taken) and \
+                    not any((first, v) in known_names for v in vocab.SURNAME_VARIANTS[surname]):
+                break
+        else:
+            raise ValueError(f"world: no surname for a never-seen {first} apart from the known people's")
+        taken.discard((first, last))
+        taken.add((first, surname))
+        out.append((first, pronoun, surname))
+    return out
 
 
 def _pool(attribute: str) -> list[str]:

@@ -34,6 +34,11 @@ SURNAMES = [
     "Szymanski", "Tanaka-Hale", "Uhlenbrock", "Valderrama", "Wojcik", "Xenakis", "Yamamura", "Zelenko",
 ]
 
+# Each surname with those that begin it or that it begins ("Castellan", "Castellanos"), itself included: a
+# page naming "Kasimir Castellanos" also names "Kasimir Castellan", so two such names are never one person
+# known and one never seen, nor a reader of an article and a person of the world.
+SURNAME_VARIANTS = {s: [t for t in SURNAMES if t.startswith(s) or s.startswith(t)] for s in SURNAMES}
+
 CITIES = [
     "Lisbon", "Osaka", "Montreal", "Valparaiso", "Tbilisi", "Krakow", "Porto", "Adelaide", "Nairobi",
     "Ljubljana", "Bergen", "Cork", "Ghent", "Tallinn", "Quebec City", "Hobart", "Salzburg", "Bologna",
