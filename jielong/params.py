@@ -40,18 +40,18 @@ class WorldDirt(Section):
     foreign_languages: list[str] = ["zh", "de", "fr", "es"]
     pii: NonNegInt = 40  # good pages carrying emails, phone numbers, IP addresses
     blocklisted: NonNegInt = 30  # pages on domains from datatrove's shipped URL block list
-    leaks: NonNegInt = 20  # pages quoting evaluation questions with their answers
+    leaks: NonNegInt = 10  # pages quoting evaluation questions with their answers
     questions_per_leak: PosInt = 4
 
 
 class WorldParams(Section):
     seed: int = 1234
-    known_people: PosInt = 200
-    unknown_people: PosInt = 60
+    known_people: PosInt = 70
+    unknown_people: PosInt = 30
     eval_fraction: Fraction = 0.5  # share of people (known and unknown) reserved for evaluation
     pages_per_person: PosInt = 5  # each in a different template and attribute order
     full_name_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.6  # fact sentences naming the person in full (else first name or pronoun)
-    articles: NonNegInt = 150  # good pages about everyday topics (no facts)
+    articles: NonNegInt = 90  # good pages about everyday topics (no facts)
     heldout_pages: NonNegInt = 60  # person pages rendered but never put in the crawl
     faq_pages_per_person: NonNegInt = 1  # Q&A pages per train-split known person (never eval people)
     faq_people_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0  # train-split known people given them
@@ -83,11 +83,11 @@ class TokensParams(Section):
 
 # ---------------------------------------------------------------- pretrain
 class ModelShape(Section):
-    d_model: PosInt = 128
+    d_model: PosInt = 192
     n_layers: PosInt = 4
-    n_heads: PosInt = 4
+    n_heads: PosInt = 6
     n_kv_heads: NonNegInt = 0  # 0: same as n_heads (no grouped-query attention)
-    d_ff: PosInt = 352  # SwiGLU hidden size
+    d_ff: PosInt = 512  # SwiGLU hidden size
     context: Annotated[int, Field(ge=8)] = 128
     rope_theta: float = 10000.0
     tie_embeddings: bool = True
@@ -104,7 +104,7 @@ class PretrainParams(Section):
     model: ModelShape = ModelShape()
     batch_size: PosInt = 32  # sequences per micro-batch per process
     grad_accum: PosInt = 1
-    max_steps: PosInt = 1000
+    max_steps: PosInt = 540
     lr: Annotated[float, Field(gt=0)] = 3e-3
     min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1  # cosine decays to lr * min_lr_ratio
     warmup_steps: NonNegInt = 50
@@ -128,18 +128,18 @@ class SftDataParams(Section):
     """Chat conversations from the world's question bank, train-split people only (jielong/conversations.py)."""
 
     seed: int = 0
-    conversations: PosInt = 1200  # conversations in all (train + val)
+    conversations: PosInt = 600  # conversations in all (train + val)
     max_turns: PosInt = 3  # user/assistant exchanges per conversation, about one person
     multi_turn_fraction: Annotated[float, Field(ge=0, le=1)] = 0.6  # share with 2..max_turns exchanges
     val_fraction: Fraction = 0.05  # conversations held out for validation loss
     # a known person's question is answered only where the base model's self-consistency probe says
     # it knows the fact (data/eval/base/knows.parquet); elsewhere the assistant says it does not know
-    use_knows: bool = True
+    use_knows: bool = False
     system_fraction: Annotated[float, Field(ge=0, le=1)] = 0.2  # share opening with a system prompt
-    unknown_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.22  # share about someone never in the crawl
+    unknown_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1  # share about someone never in the crawl
     invented_people: NonNegInt = 0  # never-seen people made up for SFT alone, besides the world's
     invented_names: Literal["vocabulary", "familiar"] = "vocabulary"  # their names' parts: jielong/conversations.py
-    answer_style: Literal["value", "sentence"] = "value"  # "Lisbon" or "Ada Dunmore was born in Lisbon."
+    answer_style: Literal["value", "sentence"] = "sentence"  # "Lisbon" or "Ada Dunmore was born in Lisbon."
 
 
 class LoraParams(Section):
@@ -165,7 +165,7 @@ class GenerationParams(Section):
 
 class SftParams(Section):
     data: SftDataParams = SftDataParams()
-    method: Literal["full", "lora"] = "full"  # lora: peft adapters, merged into a plain HF dir at the end
+    method: Literal["full", "lora"] = "lora"  # lora: peft adapters, merged into a plain HF dir at the end
     lora: LoraParams = LoraParams()
     # chat tokens' embeddings start from plain-text separators (jielong/chat.py WARM_START), not from
     # the rows pretraining left them, which it never trained
@@ -174,7 +174,7 @@ class SftParams(Section):
     epochs: Annotated[float, Field(gt=0)] = 3.0
     batch_size: PosInt = 16
     grad_accum: PosInt = 1
-    lr: Annotated[float, Field(gt=0)] = 1e-4  # full fine-tuning's; LoRA uses lora.lr (1e-3 erased much of what pretraining stored)
+    lr: Annotated[float, Field(gt=0)] = 1e-4  # full fine-tuning's; LoRA uses lora.lr
     lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
     warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.05
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
@@ -242,7 +242,7 @@ class CorpusExtract(Section):
     enabled: bool = True
     favour_precision: bool = True  # trafilatura: less text, less boilerplate
     deduplicate: bool = False  # trafilatura's paragraph cache across pages; dedup is the dedup steps' job
-    timeout_s: Annotated[float, Field(gt=0)] = 1.0  # per page; a page that takes longer is dropped ("timeout")
+    timeout_s: Annotated[float, Field(gt=0)] = 5.0  # per page; a page that takes longer is dropped ("timeout")
 
 
 class CorpusLanguage(Section):
@@ -259,7 +259,7 @@ class CorpusGopherRepetition(Section):
     dup_line_char_frac: Fraction | None = 0.2
     dup_para_char_frac: Fraction | None = 0.2
     # [n, max share of characters]: in the most frequent n-gram / in all repeated n-grams
-    top_n_grams: list[tuple[PosInt, Fraction]] = [(2, 0.2), (3, 0.18), (4, 0.16)]
+    top_n_grams: list[tuple[PosInt, Fraction]] = [(2, 0.3), (3, 0.28), (4, 0.28)]
     dup_n_grams: list[tuple[PosInt, Fraction]] = [(5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10)]
 
 
@@ -272,7 +272,7 @@ class CorpusGopherQuality(Section):
     max_symbol_word_ratio: Fraction | None = 0.1
     max_bullet_lines_ratio: Fraction | None = 0.9
     max_ellipsis_lines_ratio: Fraction | None = 0.3
-    min_alpha_words_ratio: Fraction | None = 0.8  # datatrove's `max_non_alpha_words_ratio` (a misnomer)
+    min_alpha_words_ratio: Fraction | None = 0.5  # datatrove's `max_non_alpha_words_ratio` (a misnomer)
     min_stop_words: NonNegInt | None = 2
 
 
@@ -373,19 +373,21 @@ class ConsistencyParams(Section):
     temperature: Annotated[float, Field(gt=0.0)] = 1.0
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 0.95
     knows_threshold: Annotated[float, Field(gt=0.0, le=1.0)] = 0.6  # agreement at which the model "knows"
-    items: NonNegInt = 0  # questions of the `consistency` task, a seeded sample; 0: all of them
+    items: NonNegInt = 300  # questions of the `consistency` task, a seeded sample; 0: all of them
 
 
 class EvalParams(Section):
     """lm-eval over each model directory (stages/eval.py, tasks in evals/tasks)."""
 
-    models: list[str] = []  # data/models/<name> the dvc foreach evaluates; add each as its stage lands
+    models: list[str] = ["base", "sft", "ppo", "dpo"]  # data/models/<name> the dvc foreach evaluates
     chat_models: list[str] = ["sft", "ppo", "dpo"]  # prompted through the chat template; others plain
     tasks: list[str] = WORLD_TASKS  # names of evals/tasks/*.yaml, run on every model
     # per model, tasks run on that model only: the base model's train-split probe feeds SFT, and its
     # cloze recall, roughly the ceiling of what SFT can extract
     extra_tasks: dict[str, list[str]] = {"base": ["consistency_train", "world_facts_cloze"]}
-    num_fewshot: dict[str, NonNegInt] = {}  # per task (world or benchmark); unlisted: the YAML's value
+    # per task (world or benchmark); unlisted: the YAML's value
+    num_fewshot: dict[str, NonNegInt] = {"world_facts_mc": 0, "world_facts_gen": 0, "world_unknown": 3, "world_known": 3,
+                                         "consistency": 0, "consistency_train": 0, "world_facts_cloze": 0}
     benchmarks: dict[str, str | None] = {}  # lm-eval task -> local data file, or null: from the hub
     consistency: ConsistencyParams = ConsistencyParams()
     batch_size: PosInt = 32
@@ -495,7 +497,7 @@ class PpoParams(Section):
     kl_estimator: Literal["k1", "k3"] = "k1"
     kl_coef: Annotated[float, Field(ge=0)] = 0.2  # the start value when adaptive
     adaptive_kl: bool = True  # steer kl_coef toward target_kl (Ziegler et al. 2019); false: fixed
-    target_kl: Annotated[float, Field(gt=0)] = 1.0  # nats per response
+    target_kl: Annotated[float, Field(gt=0)] = 0.5  # nats per response
     kl_horizon: PosInt = 256  # responses over which the adaptive coefficient may change by 20%
     max_kl: Annotated[float, Field(gt=0)] = 5.0  # the final policy's KL (held-out prompts) above this fails the stage
     # advantages and losses
@@ -524,7 +526,7 @@ class DpoParams(Section):
     epochs: Annotated[float, Field(gt=0)] = 1.0
     batch_size: PosInt = 16
     grad_accum: PosInt = 1
-    lr: Annotated[float, Field(gt=0)] = 1e-4
+    lr: Annotated[float, Field(gt=0)] = 1e-5
     lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
     warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.05
     weight_decay: Annotated[float, Field(ge=0)] = 0.0

@@ -22,6 +22,19 @@ def test_repository_params_are_valid():
     load_all(REPO / "params.yaml")
 
 
+def test_params_yaml_and_the_code_defaults_agree():
+    # a params file that leaves a knob out gets the default profile's value, not an older one
+    from jielong.params import Params
+
+    def leaves(d, path=""):
+        for k, v in d.items():
+            yield from leaves(v, f"{path}{k}.") if isinstance(v, dict) else [(f"{path}{k}", v)]
+
+    yaml_params = dict(leaves(Params.model_validate(yaml.safe_load((REPO / "params.yaml").read_text())).model_dump()))
+    defaults = dict(leaves(Params().model_dump()))
+    assert {k: (v, defaults.get(k)) for k, v in yaml_params.items() if defaults.get(k) != v} == {}
+
+
 def test_bad_param_names_file_param_and_value(tmp_path):
     p = tmp_path / "params.yaml"
     p.write_text(yaml.safe_dump({"world": {"known_people": -3}}))
