@@ -248,6 +248,23 @@ def test_slurm_executors_from_params(tmp_path, monkeypatch):
     assert executors[-1].depends_job_id == "4242"
 
 
+def test_ray_without_an_address_starts_its_own_cluster(monkeypatch):
+    """corpus.ray.address null must not join whatever cluster this machine started last (ray.init's
+    default for address=None): a stale one from a killed run hung the stage."""
+    import ray
+
+    from jielong.corpus import executors
+    from jielong.params import CorpusParams
+
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    for address, expected in ((None, "local"), ("10.0.0.5:6379", "10.0.0.5:6379")):
+        executors._ray([], CorpusParams.model_validate({"executor": "ray", "ray": {"address": address}}))
+        assert calls[-1]["address"] == expected
+
+
 # ---------------------------------------------------------------- whole runs on the tiny world
 def corpus_params(world_root: Path, out: Path, **corpus) -> Path:
     params = yaml.safe_load((world_root / "params.yaml").read_text())

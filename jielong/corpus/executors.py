@@ -73,8 +73,10 @@ def _ray(stages: list[Stage], p) -> None:
 
     started = not ray.is_initialized()
     if started:
-        # corpus.ray.address null starts a local cluster with `workers` CPUs; an address joins one
-        ray.init(address=p.ray.address, num_cpus=p.workers if p.ray.address is None else None,
+        # corpus.ray.address null starts a local cluster with `workers` CPUs; an address joins one.
+        # "local", not None: ray.init(address=None) joins the last cluster started on this machine
+        # (/tmp/ray/ray_current_cluster), one a killed run may have left behind
+        ray.init(address=p.ray.address or "local", num_cpus=p.workers if p.ray.address is None else None,
                  include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         for stage in stages:
