@@ -132,8 +132,8 @@ class SftDataParams(Section):
     max_turns: PosInt = 3  # user/assistant exchanges per conversation, about one person
     multi_turn_fraction: Annotated[float, Field(ge=0, le=1)] = 0.6  # share with 2..max_turns exchanges
     val_fraction: Fraction = 0.05  # conversations held out for validation loss
-    # a known person's question is answered only where the base model's self-consistency probe says
-    # it knows the fact (data/eval/base/knows.parquet); elsewhere the assistant says it does not know
+    # true: a known person's question is answered only where the base model's self-consistency probe
+    # says it knows the fact (data/eval/base/knows.parquet), elsewhere "I do not know"; false: always answered
     use_knows: bool = False
     system_fraction: Annotated[float, Field(ge=0, le=1)] = 0.2  # share opening with a system prompt
     unknown_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1  # share about someone never in the crawl

@@ -1,7 +1,7 @@
 """Apply a profile: deep-merge profiles/<name>.yaml over params.yaml.
 
     python -m jielong.profile tiny     # tests and CI
-    python -m jielong.profile gpu      # one H100
+    python -m jielong.profile gpu      # one H100 or H200
 
 A profile holds only the values that differ from the default profile, so the
 result is validated like any params.yaml before it is written.

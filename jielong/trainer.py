@@ -6,14 +6,16 @@ its own (assistant-only loss, the reward centring term, DPO's beta) to what `tra
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 
 from transformers import TrainerCallback, TrainingArguments
 
-# newer transformers names it activation_checkpointing (the old name a deprecated alias); older 5.x knows only the old
-_CHECKPOINTING = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
-                  else "gradient_checkpointing")
+# newer transformers names it activation_checkpointing (the old name a deprecated alias); older versions
+# (5.17 on the H200 image) know only gradient_checkpointing
+_CHECKPOINTING = ("activation_checkpointing" if "activation_checkpointing" in
+                  {f.name for f in dataclasses.fields(TrainingArguments)} else "gradient_checkpointing")
 
 
 def training_args(p, scratch: str, cuda: bool) -> dict:

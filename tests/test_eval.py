@@ -250,9 +250,11 @@ def test_chat_models_are_prompted_through_their_template(tmp_path, tiny_model, t
     text = prompt["arguments"][0][0]
     assert text.count("<|user|>") == 1 and "Question:" not in text and "<|system|>" not in text
     assert text.endswith(f"<|user|>Q: {prompt['doc']['question']}<|end|>\n<|assistant|> A:")
-    # a choice is scored as the reply the template renders: "A:" then one space, then the value
+    # a choice is scored as the reply the template renders: "A:" then one space, then the fact stated
+    # as the SFT data answered (sft.data.answer_style, by default the crawl's sentence)
     mc = json.loads((tmp_path / "sft" / "samples" / "world_facts_mc.jsonl").read_text().splitlines()[0])
-    assert [cont for _, cont in mc["arguments"]] == [" " + c for c in mc["doc"]["choices"]]
+    assert [cont for _, cont in mc["arguments"]] == [" " + scoring.statement(mc["doc"] | {"answer": c})
+                                                     for c in mc["doc"]["choices"]]
     assert all(ctx.endswith("<|assistant|> A:") for ctx, _ in mc["arguments"])
 
 

@@ -28,11 +28,12 @@ def test_params_yaml_and_the_code_defaults_agree():
 
     def leaves(d, path=""):
         for k, v in d.items():
-            yield from leaves(v, f"{path}{k}.") if isinstance(v, dict) else [(f"{path}{k}", v)]
+            yield from leaves(v, f"{path}{k}.") if isinstance(v, dict) and v else [(f"{path}{k}", v)]
 
     yaml_params = dict(leaves(Params.model_validate(yaml.safe_load((REPO / "params.yaml").read_text())).model_dump()))
     defaults = dict(leaves(Params().model_dump()))
-    assert {k: (v, defaults.get(k)) for k, v in yaml_params.items() if defaults.get(k) != v} == {}
+    assert {k: (yaml_params.get(k), defaults.get(k)) for k in yaml_params.keys() | defaults.keys()
+            if yaml_params.get(k) != defaults.get(k)} == {}
 
 
 def test_bad_param_names_file_param_and_value(tmp_path):

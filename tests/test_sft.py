@@ -48,7 +48,7 @@ def test_unknown_people_and_unknown_facts_get_i_dont_know(tiny_world):
     known_q = train.filter(pl.col("known"))
     not_known = set(known_q["qid"].to_list()[::2])  # the probe says the model does not know half of them
     knows = train.select("qid", "split", "known").with_columns(knows=~pl.col("qid").is_in(list(not_known)))
-    table = conversations.build(q, SftDataParams(conversations=400), knows)
+    table = conversations.build(q, SftDataParams(conversations=400, answer_style="value"), knows)
     answers = dict(zip(q["qid"].to_list(), q["answer"].to_list(), strict=True))
     seen = {"answer": 0, "idk_unknown_person": 0, "idk_not_known": 0}
     for row in table.iter_rows(named=True):
@@ -67,7 +67,7 @@ def test_sentence_answers_state_the_fact_about_the_person(tiny_world):
     q = _questions(tiny_world)
     rows = {r["qid"]: r for r in q.iter_rows(named=True)}
     table = conversations.build(q, SftDataParams(conversations=200, answer_style="sentence"))
-    plain = conversations.build(q, SftDataParams(conversations=200))
+    plain = conversations.build(q, SftDataParams(conversations=200, answer_style="value"))
     assert table["qids"].to_list() == plain["qids"].to_list()  # the same draws: only the replies differ
     answered = 0
     for conv in table.iter_rows(named=True):
@@ -93,7 +93,7 @@ def test_sft_data_check_fails_a_reply_that_is_not_the_fact(tiny_world, tiny_base
     table = conversations.build(q, SftDataParams(conversations=20, unknown_fraction=0.0, answer_style="sentence"))
     check(table, q, tok, 256, "sentence", "sft.parquet")
     with pytest.raises(ExpectationFailed, match="replies_true"):  # bare values where sentences were asked for
-        check(conversations.build(q, SftDataParams(conversations=20, unknown_fraction=0.0)), q, tok, 256,
+        check(conversations.build(q, SftDataParams(conversations=20, unknown_fraction=0.0, answer_style="value")), q, tok, 256,
               "sentence", "sft.parquet")
 
 
@@ -114,6 +114,13 @@ def test_invented_people_are_new_names_asked_the_banks_questions(tiny_world):
     assert conversations.with_invented(q, names, 50, seed=0, name_parts="vocabulary").equals(more)
     with pytest.raises(ValueError, match="invented_people = 100000 exceeds"):
         conversations.with_invented(q, names, 100_000, seed=0, name_parts="vocabulary")
+    # no invented name begins or extends a world person's ("Kasimir Castellan" beside "Kasimir Castellanos")
+    from jielong.world import vocab
+
+    castellans = {f"{f} Castellan" for f, _ in vocab.FIRST_NAMES}
+    many = conversations.with_invented(q, names | castellans, 3000, seed=0, name_parts="vocabulary")
+    invented = many.filter(pl.col("person_id").str.starts_with("x"))["name"].unique()
+    assert invented.len() == 3000 and not [n for n in invented if "Castellan" in n]
 
     p = SftDataParams(conversations=600, unknown_fraction=0.5)
     table = conversations.build(more, p)

@@ -65,7 +65,7 @@ def make_people(rng: random.Random, known: int, unknown: int, eval_fraction: flo
     names = [(f, p, s) for f, p in vocab.FIRST_NAMES for s in vocab.SURNAMES]
     if known + unknown > len(names):
         raise ValueError(f"world: known_people + unknown_people = {known + unknown} exceeds {len(names)} unique names")
-    chosen = apart(rng.sample(names, known + unknown), known)
+    chosen = apart(rng.sample(names, known + unknown))
     people = []
     for i, (first, pronoun, last) in enumerate(chosen):
         is_known = i < known
@@ -86,25 +86,27 @@ def make_people(rng: random.Random, known: int, unknown: int, eval_fraction: flo
     return people
 
 
-def apart(chosen: list[tuple[str, str, str]], known: int) -> list[tuple[str, str, str]]:
-    """`chosen` (first name, pronoun, surname; the first `known` are known people) with no never-seen
-    person sharing a known one's first name and a surname variant (vocab.SURNAME_VARIANTS): the known
-    person's pages would name them. Such a one moves on to the next surname that is free; the rng is not
-    drawn again, so a world without such a pair is unchanged."""
+def apart(chosen: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+    """`chosen` (first name, pronoun, surname) with no two people sharing a first name and a surname
+    variant (vocab.SURNAME_VARIANTS: "Kasimir Castellan", "Kasimir Castellanos"), since a page naming one
+    names the other: a never-seen person would be in the crawl, a known one mixed up with another. The
+    later of such a pair (known people come first) moves on to the next surname that is free; the rng is
+    not drawn again, so a world without such a pair is unchanged."""
     taken = {(f, s) for f, _, s in chosen}
-    known_names = {(f, s) for f, _, s in chosen[:known]}
-    out = list(chosen[:known])
-    for first, pronoun, last in chosen[known:]:
+    kept: set[tuple[str, str]] = set()
+    out = []
+    for first, pronoun, last in chosen:
         at = vocab.SURNAMES.index(last)
         for step in range(len(vocab.SURNAMES)):
             surname = vocab.SURNAMES[(at + step) % len(vocab.SURNAMES)]
-            if (step == 0 or (first, surname) not in taken) and \
-                    not any((first, v) in known_names for v in vocab.SURNAME_VARIANTS[surname]):
+            free = step == 0 or (first, surname) not in taken
+            if free and not any((first, v) in kept for v in vocab.SURNAME_VARIANTS[surname]):
                 break
         else:
-            raise ValueError(f"world: no surname for a never-seen {first} apart from the known people's")
+            raise ValueError(f"world: no surname left for a person named {first} apart from the others")
         taken.discard((first, last))
         taken.add((first, surname))
+        kept.add((first, surname))
         out.append((first, pronoun, surname))
     return out
 
