@@ -26,7 +26,7 @@ from jielong.log import get_logger, progress
 from jielong.metrics import write_metrics
 from jielong.params import load
 from jielong.world.crawl import KINDS, build_crawl, heldout_pages
-from jielong.world.people import ATTRIBUTES, make_people, make_questions
+from jielong.world.people import ATTRIBUTES, make_people, make_questions, name_finder
 from jielong.world.warc import write_shard
 
 log = get_logger("world")
@@ -54,20 +54,21 @@ def write(out: Path, params, rng, people, questions, records, heldout) -> pl.Dat
 
     (out / "crawl").mkdir()
     shard_size = -(-len(records) // params.warc_shards)
-    names = [p.name for p in people]
+    names, named_in = [p.name for p in people], name_finder(people)
     truth = []
     for shard in progress(range(params.warc_shards), desc="world: writing WARC shards", unit="shard"):
         chunk = records[shard * shard_size:(shard + 1) * shard_size]
         name = f"crawl-{shard:05d}.warc.gz"
         ids = write_shard(out / "crawl" / name, [r.page for r in chunk], rng, params.crawl_date, "jielong-world")
         for rid, r in zip(ids, chunk, strict=True):
+            found = named_in(r.page.html) | named_in(r.page.text)
             truth.append({
                 "record_id": rid, "warc_file": f"crawl/{name}", "url": r.page.url, "kind": r.kind,
                 "subkind": r.subkind, "language": r.page.language, "dup_group": r.dup_group,
                 "dup_rank": r.dup_rank, "person_id": r.page.person_id, "title": r.page.title,
                 "pii": r.pii, "leaked_qids": r.leaked_qids, "facts": r.page.facts,
                 # every world person the page names in full, wherever on the page
-                "names": [n for n in names if n in r.page.html or n in r.page.text],
+                "names": [n for n in names if n in found],
             })
     schema = {"pii": pl.List(pl.Struct({"type": pl.String, "value": pl.String})),
               "leaked_qids": pl.List(pl.String), "facts": pl.List(pl.String), "names": pl.List(pl.String),

@@ -11,6 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 import yaml
@@ -238,6 +239,18 @@ def test_no_benchmark_no_index_of_lm_evals_own_tasks(tmp_path, tiny_model, tiny_
     ev.our_tasks_manager.cache_clear()
     assert "world_facts_mc.acc" in m
     assert built == [False], built  # one manager, ours alone
+
+
+def test_eval_in_bfloat16_as_the_gpu_profile_runs_it(tmp_path, tiny_model, tiny_decontam_dir):
+    scores = {}
+    for dtype in ("bfloat16", "float32"):
+        out = tmp_path / dtype
+        out.mkdir()
+        m = _eval(out, tiny_model, tiny_decontam_dir / "evals", tasks=["world_facts_gen", "world_facts_mc"],
+                  limit=4, dtype=dtype, batch_size=4)
+        assert m["world_facts_mc.acc"] >= 0 and np.isfinite(m["gold_reward.mean"])
+        scores[dtype] = [json.loads(line)["resps"] for line in (out / "base" / "samples" / "world_facts_mc.jsonl").open()]
+    assert scores["bfloat16"] != scores["float32"]  # the model did run in bfloat16
 
 
 def test_chat_models_are_prompted_through_their_template(tmp_path, tiny_model, tiny_decontam_dir):

@@ -181,6 +181,22 @@ def test_full_names_contain_one_another_only_through_surname_variants():
     assert all(s in vocab.SURNAME_VARIANTS[t] for s in vocab.SURNAMES for t in vocab.SURNAMES if t.startswith(s))
 
 
+def test_name_finder_finds_what_substring_search_finds(tiny_world):
+    import dataclasses
+
+    from jielong.world.people import name_finder
+
+    people, _, records, heldout = tiny_world
+    find = name_finder(people)
+    for text in [r.page.html for r in records] + [r.page.text for r in records] + [p.text for p in heldout]:
+        assert find(text) == {p.name for p in people if p.name in text}
+    # a name inside a longer one counts, as `in` would say; so does one glued to the word before
+    kasimirs = [dataclasses.replace(people[0], first="Kasimir", last=last, name=f"Kasimir {last}")
+                for last in ("Castellan", "Castellanos")]
+    assert name_finder(kasimirs)("wrote to Kasimir Castellanos.") == {"Kasimir Castellan", "Kasimir Castellanos"}
+    assert name_finder(kasimirs)("SirKasimir Castellan, Kasimir  Castellan") == {"Kasimir Castellan"}
+
+
 def test_a_page_naming_an_unknown_person_fails_the_world_stage(tiny, tiny_world_dir, tmp_path):
     import shutil
 

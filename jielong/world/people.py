@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import polars as pl
@@ -109,6 +111,25 @@ def apart(chosen: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
         kept.add((first, surname))
         out.append((first, pronoun, surname))
     return out
+
+
+def name_finder(people: list[Person]) -> Callable[[str], set[str]]:
+    """A function giving the full names of `people` that a text contains, as `name in text` would for
+    each, in one pass: a regex finds every first name followed by a space, then the surnames that first
+    name has among `people` are matched there. Each match is where a name can start, since no first name
+    ends another (tests/test_world.py), so no occurrence hides inside an earlier match."""
+    surnames: dict[str, list[str]] = {}
+    for person in people:
+        surnames.setdefault(person.first, []).append(person.last)
+    starts = re.compile("(" + "|".join(re.escape(f) for f in sorted(surnames, key=len, reverse=True)) + ") ")
+
+    def find(text: str) -> set[str]:
+        found = set()
+        for m in starts.finditer(text):
+            found.update(f"{m[1]} {last}" for last in surnames[m[1]] if text.startswith(last, m.end()))
+        return found
+
+    return find
 
 
 def _pool(attribute: str) -> list[str]:
