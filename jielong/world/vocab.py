@@ -35,8 +35,8 @@ SURNAMES = [
 ]
 
 # Each surname with those that begin it or that it begins ("Castellan", "Castellanos"), itself included: a
-# page naming "Kasimir Castellanos" also names "Kasimir Castellan", so two such names are never one person
-# known and one never seen, nor a reader of an article and a person of the world.
+# page naming "Kasimir Castellanos" also names "Kasimir Castellan", so two such names are never two people
+# of the world (people.apart), nor an article's reader and a person (crawl.article_page).
 SURNAME_VARIANTS = {s: [t for t in SURNAMES if t.startswith(s) or s.startswith(t)] for s in SURNAMES}
 
 CITIES = [
