@@ -90,8 +90,7 @@ def with_invented(questions: pl.DataFrame, taken_names: set[str], n: int, seed: 
     else:
         raise ValueError(f"sft.data.invented_names = {name_parts!r}: expected 'vocabulary' or 'familiar'")
     # nor a name that begins or extends a world person's: a page naming "Kasimir Castellanos" names "Kasimir Castellan"
-    free = [(f, pro, s) for f, pro in first_names for s in surnames
-            if all(f"{f} {v}" not in taken for v in vocab.SURNAME_VARIANTS.get(s, [s]))]
+    free = [(f, pro, s) for f, pro in first_names for s in surnames if taken.isdisjoint(vocab.name_variants(f, s))]
     if n > len(free):
         raise ValueError(f"sft.data.invented_people = {n} exceeds the {len(free)} names no world person has")
     rng = np.random.default_rng([seed, 1])

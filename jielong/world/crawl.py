@@ -83,12 +83,8 @@ def article_page(rng: random.Random, crawl_date: dt.date, number: int, taken: se
     first, last = rng.choice(vocab.FIRST_NAMES), rng.choice(vocab.SURNAMES)
     # stepping through surnames instead of drawing again keeps the rng stream, so the rest of the
     # crawl is the same as before this rule
-    at = vocab.SURNAMES.index(last)
-    for step in range(len(vocab.SURNAMES)):
-        last = vocab.SURNAMES[(at + step) % len(vocab.SURNAMES)]
-        if all(f"{first[0]} {v}" not in taken for v in vocab.SURNAME_VARIANTS[last]):
-            break
-    else:
+    last = next((s for s in vocab.surnames_from(last) if taken.isdisjoint(vocab.name_variants(first[0], s))), None)
+    if last is None:
         raise ValueError(f"world: every name with first name {first[0]} belongs to a world person")
     notes = [n.format(city=rng.choice(vocab.CITIES), name=f"{first[0]} {last}", pron="her" if first[1] == "she" else "him",
                       n=rng.randint(2, 40), weekday=rng.choice(texts.WEEKDAYS))

@@ -94,21 +94,18 @@ def apart(chosen: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
     names the other: a never-seen person would be in the crawl, a known one mixed up with another. The
     later of such a pair (known people come first) moves on to the next surname that is free; the rng is
     not drawn again, so a world without such a pair is unchanged."""
-    taken = {(f, s) for f, _, s in chosen}
-    kept: set[tuple[str, str]] = set()
+    taken = {f"{f} {s}" for f, _, s in chosen}
+    kept: set[str] = set()
     out = []
     for first, pronoun, last in chosen:
-        at = vocab.SURNAMES.index(last)
-        for step in range(len(vocab.SURNAMES)):
-            surname = vocab.SURNAMES[(at + step) % len(vocab.SURNAMES)]
-            free = step == 0 or (first, surname) not in taken
-            if free and not any((first, v) in kept for v in vocab.SURNAME_VARIANTS[surname]):
-                break
-        else:
+        surname = next((s for s in vocab.surnames_from(last)  # its own name, or one nobody has
+                        if (s == last or f"{first} {s}" not in taken)
+                        and kept.isdisjoint(vocab.name_variants(first, s))), None)
+        if surname is None:
             raise ValueError(f"world: no surname left for a person named {first} apart from the others")
-        taken.discard((first, last))
-        taken.add((first, surname))
-        kept.add((first, surname))
+        taken.discard(f"{first} {last}")
+        taken.add(f"{first} {surname}")
+        kept.add(f"{first} {surname}")
         out.append((first, pronoun, surname))
     return out
 

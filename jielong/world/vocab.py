@@ -39,6 +39,18 @@ SURNAMES = [
 # of the world (people.apart), nor an article's reader and a person (crawl.article_page).
 SURNAME_VARIANTS = {s: [t for t in SURNAMES if t.startswith(s) or s.startswith(t)] for s in SURNAMES}
 
+
+def name_variants(first: str, last: str) -> list[str]:
+    """The full names that a page naming `first last` also names, or that name it: itself included."""
+    return [f"{first} {v}" for v in SURNAME_VARIANTS.get(last, [last])]
+
+
+def surnames_from(last: str) -> list[str]:
+    """Every surname, from `last` on and round: where a name that may not be used moves on to, so that
+    no random number is drawn again."""
+    at = SURNAMES.index(last)
+    return SURNAMES[at:] + SURNAMES[:at]
+
 CITIES = [
     "Lisbon", "Osaka", "Montreal", "Valparaiso", "Tbilisi", "Krakow", "Porto", "Adelaide", "Nairobi",
     "Ljubljana", "Bergen", "Cork", "Ghent", "Tallinn", "Quebec City", "Hobart", "Salzburg", "Bologna",
