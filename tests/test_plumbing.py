@@ -154,6 +154,16 @@ def test_profiles_merge_and_validate(tmp_path):
         apply("broken", params, profiles=bad)
 
 
+@pytest.mark.parametrize("profile", sorted(p.stem for p in (REPO / "profiles").glob("*.yaml")))
+def test_every_shipped_profile_applies_and_changes_something(tmp_path, profile):
+    params = tmp_path / "params.yaml"
+    params.write_text((REPO / "params.yaml").read_text())
+    default = yaml.safe_load(params.read_text())
+    merged = apply(profile, params)  # validates, or raises naming the bad knob
+    assert merged != default
+    assert load("world", params).known_people == merged["world"]["known_people"]
+
+
 def test_every_torch_load_is_weights_only_and_nothing_unpickles():
     """No code path of ours deserialises a pickle: torch.load only with weights_only=True, no pickle module,
     no trust_remote_code. Checked on the syntax tree, so comments and strings do not count."""
