@@ -74,6 +74,14 @@ def peak_flops(device: torch.device) -> tuple[float, str]:
     return measure_cpu_peak(), "cpu fp32 matmul measured"
 
 
+def save_tokenizer(tok, out: Path) -> None:
+    """`tok.save_pretrained(out)` without `local_files_only`, which transformers records from how the
+    tokenizer was loaded (HF_HUB_OFFLINE=1 makes it true): kept, the same run would write a different
+    model directory, and so a different DVC hash, depending on the environment."""
+    tok.init_kwargs.pop("local_files_only", None)
+    tok.save_pretrained(out)
+
+
 def validate_model(path: Path, label: Path | str, generates: bool = True) -> None:
     """Expectations on a model directory: finite safetensors weights, HF files present, no pickle.
 

@@ -33,7 +33,7 @@ from jielong.chat import PAD
 from jielong.io import atomic_dir, write_csv
 from jielong.log import get_logger
 from jielong.metrics import write_metrics
-from jielong.model import validate_model
+from jielong.model import save_tokenizer, validate_model
 from jielong.params import load
 from jielong.talk import encode as encode_prompt
 from jielong.talk import generate_batch
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     gold_after = gold_of(tuned, tok, prompts, docs, p.gold_max_new_tokens)
     with atomic_dir(args.out) as tmp:
         tuned.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
+        save_tokenizer(tok, tmp)
         GenerationConfig.from_pretrained(args.sft).save_pretrained(tmp)
         validate_model(tmp, args.out)
 

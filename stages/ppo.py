@@ -46,7 +46,7 @@ from jielong.chat import PAD, reply_text
 from jielong.io import atomic_dir, write_csv
 from jielong.log import get_logger, progress
 from jielong.metrics import write_metrics
-from jielong.model import validate_model
+from jielong.model import save_tokenizer, validate_model
 from jielong.params import load
 from jielong.ppo import (
     AdaptiveKLController,
@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
                          "raise ppo.kl_coef, lower ppo.target_kl or ppo.lr)")
     with atomic_dir(args.out) as tmp:
         actor.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
+        save_tokenizer(tok, tmp)
         shutil.copy(args.sft / "generation_config.json", tmp / "generation_config.json")  # the SFT defaults
         validate_model(tmp, args.out)
 

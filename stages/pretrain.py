@@ -39,6 +39,7 @@ from jielong.model import (
     measure_cpu_peak,
     n_params,
     peak_flops,
+    save_tokenizer,
     validate_model,
 )
 from jielong.params import load
@@ -258,7 +259,7 @@ def finish(args, p, model, tok, state: dict, fpt: float, peak: float, peak_sourc
     log.info("MFU %.3f against %s (%.1f GFLOP/s)", metrics["mfu"], peak_source, peak / 1e9)
     with atomic_dir(args.out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
+        save_tokenizer(tok, tmp)
         GenerationConfig(bos_token_id=model.config.bos_token_id, pad_token_id=model.config.pad_token_id,
                          eos_token_id=[tok.convert_tokens_to_ids(EOT), tok.convert_tokens_to_ids(END)],
                          do_sample=False, max_new_tokens=64).save_pretrained(tmp)

@@ -40,7 +40,7 @@ from jielong.chat import PAD
 from jielong.io import atomic_dir, write_csv
 from jielong.log import get_logger
 from jielong.metrics import write_metrics
-from jielong.model import validate_model
+from jielong.model import save_tokenizer, validate_model
 from jielong.params import load
 from jielong.trainer import LogTo, training_args
 
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     with atomic_dir(args.out) as tmp:
         rm.config.pad_token_id = tok.pad_token_id
         rm.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
+        save_tokenizer(tok, tmp)
         validate_model(tmp, args.out, generates=False)
 
     last = logs.train[-max(1, min(5, len(logs.train))):]

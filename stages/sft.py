@@ -32,7 +32,7 @@ from jielong.chat import CHAT_TOKENS, END, EOT, PAD, warm_start_chat_tokens
 from jielong.io import atomic_dir, write_csv
 from jielong.log import get_logger
 from jielong.metrics import write_metrics
-from jielong.model import validate_model
+from jielong.model import save_tokenizer, validate_model
 from jielong.params import load
 from jielong.trainer import LogTo, training_args
 
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         tuned.config.eos_token_id = tok.convert_tokens_to_ids(END)
         tuned.config.pad_token_id = tok.convert_tokens_to_ids(PAD)
         tuned.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
+        save_tokenizer(tok, tmp)
         generation_config(p, tok, tuned).save_pretrained(tmp)
         validate_model(tmp, args.out)
 

@@ -80,6 +80,9 @@ def test_repro_produces_every_declared_output(tiny_repo):
     assert {"world_facts_gen.exact_match", "world_unknown.abstain_rate", "world_known.false_abstain_rate"} <= set(sft)
     assert (tiny_repo / "report/report.md").exists() and (tiny_repo / "report/report.html").exists()
     assert (tiny_repo / "data/sft/train.parquet").exists() and (tiny_repo / "data/eval/base/knows.parquet").exists()
+    # the tests run with HF_HUB_OFFLINE=1, which must not reach what a stage writes (jielong.model.save_tokenizer)
+    for config in (tiny_repo / "data/models").glob("*/tokenizer_config.json"):
+        assert "local_files_only" not in json.loads(config.read_text()), config
     # data/ is DVC's, never git's
     for out in ("data/world", "data/corpus", "data/tokens", "data/models/base", "data/sft", "data/models/sft"):
         assert out in run(["git", "check-ignore", out], tiny_repo)

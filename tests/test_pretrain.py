@@ -75,6 +75,21 @@ def test_trains_and_saves_a_standard_hf_model(trained):
     assert rows[0] == "step,loss,lr,grad_norm,tokens_per_s" and len(rows) > 3
 
 
+def test_a_saved_tokenizer_does_not_depend_on_how_the_hub_was_reached(tmp_path, tiny_tokenizer_dir):
+    """HF_HUB_OFFLINE=1 (as the tests run) loads with local_files_only=True, and save_pretrained wrote it into
+    tokenizer_config.json: the same stage run wrote a different model directory by environment."""
+    from transformers import PreTrainedTokenizerFast
+
+    from jielong.model import save_tokenizer
+
+    saved = []
+    for offline in (True, False):
+        tok = PreTrainedTokenizerFast.from_pretrained(tiny_tokenizer_dir / "tok", local_files_only=offline)
+        save_tokenizer(tok, tmp_path / str(offline))
+        saved.append({f.name: f.read_bytes() for f in (tmp_path / str(offline)).iterdir()})
+    assert saved[0] == saved[1] and b"local_files_only" not in saved[0]["tokenizer_config.json"]
+
+
 def test_sigkill_then_rerun_resumes_and_matches_bitwise(trained, tmp_path, tiny_tokens_dir, tiny_tokenizer_dir):
     root = tmp_path / "killed"
     params = params_file(root, max_steps=30)
