@@ -268,8 +268,11 @@ def write_samples(out: Path, results: dict) -> None:
                 f.write(json.dumps(s, default=handle_non_serializable, ensure_ascii=False) + "\n")
     rest = {k: v for k, v in results.items() if k != "samples" and k not in VOLATILE}
     text = json.dumps(rest, default=handle_non_serializable, indent=2, ensure_ascii=False, sort_keys=True)
-    # lm-eval writes a task's functions as "<function f at 0x7f...>": the address differs in every process
-    (out / "results.json").write_text(ADDRESS.sub(">", text) + "\n")
+    # lm-eval writes a task's functions as "<function f at 0x7f...>": the address differs in every process;
+    # and each task's data files by absolute path, which names the checkout: relative to the working
+    # directory (the repository root, where dvc runs a stage) the same run writes the same bytes anywhere
+    text = ADDRESS.sub(">", text).replace(f"{Path.cwd()}/", "")
+    (out / "results.json").write_text(text + "\n")
 
 
 # ---------------------------------------------------------------- model

@@ -83,6 +83,10 @@ def test_repro_produces_every_declared_output(tiny_repo):
     # the tests run with HF_HUB_OFFLINE=1, which must not reach what a stage writes (jielong.model.save_tokenizer)
     for config in (tiny_repo / "data/models").glob("*/tokenizer_config.json"):
         assert "local_files_only" not in json.loads(config.read_text()), config
+    # nor where the repository lives: lm-eval's results name the eval sets' files relative to the root
+    for results in (tiny_repo / "data/eval").glob("*/results.json"):
+        text = results.read_text()
+        assert "data/evals/" in text and str(tiny_repo) not in text, results
     # data/ is DVC's, never git's
     for out in ("data/world", "data/corpus", "data/tokens", "data/models/base", "data/sft", "data/models/sft"):
         assert out in run(["git", "check-ignore", out], tiny_repo)
