@@ -50,7 +50,7 @@ class WorldParams(Section):
     unknown_people: PosInt = 30
     eval_fraction: Fraction = 0.5  # share of people (known and unknown) reserved for evaluation
     pages_per_person: PosInt = 5  # each in a different template and attribute order
-    full_name_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.6  # fact sentences naming the person in full (else first name or pronoun)
+    full_name_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0  # fact sentences naming the person in full (else first name or pronoun)
     articles: NonNegInt = 90  # good pages about everyday topics (no facts)
     heldout_pages: NonNegInt = 60  # person pages rendered but never put in the crawl
     faq_pages_per_person: NonNegInt = 1  # Q&A pages per train-split known person (never eval people)

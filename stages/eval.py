@@ -252,10 +252,13 @@ def gold_rewards(results: dict) -> dict[str, float]:
     return flat
 
 
-# lm-eval's run provenance that changes on every run or commit; kept out of results.json so a forced
-# re-run of the same model gives a byte-identical output (DVC hashes it) and downstream stages stay put
+# lm-eval's run provenance that changes on every run, commit or machine; kept out of results.json so a
+# re-run of the same model gives a byte-identical output (DVC hashes it) and downstream stages stay put.
+# pretty_env_info is torch's environment report (kernel, CPU flags, BogoMIPS): on another machine of the
+# same kind it differed while every model and metric was identical; the library versions stay (below)
 ADDRESS = re.compile(r" at 0x[0-9a-f]+>")
-VOLATILE = ("date", "git_hash", "upper_git_hash", "start_time", "end_time", "total_evaluation_time_seconds")
+VOLATILE = ("date", "git_hash", "upper_git_hash", "start_time", "end_time", "total_evaluation_time_seconds",
+            "pretty_env_info")
 
 
 def write_samples(out: Path, results: dict) -> None:
@@ -266,7 +269,10 @@ def write_samples(out: Path, results: dict) -> None:
         with (out / "samples" / f"{task}.jsonl").open("w") as f:
             for s in samples:
                 f.write(json.dumps(s, default=handle_non_serializable, ensure_ascii=False) + "\n")
+    import torch
+
     rest = {k: v for k, v in results.items() if k != "samples" and k not in VOLATILE}
+    rest["torch_version"] = torch.__version__  # what pretty_env_info said that matters to the numbers
     text = json.dumps(rest, default=handle_non_serializable, indent=2, ensure_ascii=False, sort_keys=True)
     # lm-eval writes a task's functions as "<function f at 0x7f...>": the address differs in every process;
     # and each task's data files by absolute path, which names the checkout: relative to the working
