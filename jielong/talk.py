@@ -10,6 +10,11 @@ models); every one is overridable here: --greedy/--sample, --temperature, --top-
 EOS is <|end|>) is prompted through its chat template and keeps the conversation; any other model
 continues the raw text. --prompts reads a .txt (one prompt per line) or .jsonl ({"prompt": ...} or
 {"messages": [...]}) file and writes one JSON line per prompt.
+
+--self-consistency K answers a chat prompt by sampling K replies and giving the most common one only
+if at least --agreement of them give it, else "I do not know." (README: on the default SFT model,
+K 5 and agreement 0.6 at its own sampling defaults abstained on 0.77 of never-seen people's questions
+against greedy's 0.31, and answered as many known facts).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, TextIteratorStreamer
 
 from jielong.chat import END, reply_text
+
+IDK = "I do not know."  # the abstention SFT teaches (jielong/conversations.py)
 
 
 def load(model_dir: Path, device: str):
@@ -83,6 +90,26 @@ def generate_batch(tok, model, config: GenerationConfig, prompts: list[str], bat
     return replies
 
 
+def consistent_reply(samples: list[str], agreement: float) -> str:
+    """The source notes' test against hallucination, at answer time: the most common of the sampled
+    replies (compared as the eval's canonical forms, so every abstention is one answer) if at least
+    `agreement` of them give it and it is not an abstention; else "I do not know."."""
+    from evals.tasks import scoring
+
+    winner, share = scoring.majority(samples)
+    if winner == scoring.ABSTAIN or share < agreement:
+        return IDK
+    return next(s for s in samples if scoring.canonical(s) == winner)
+
+
+def self_consistent_batch(tok, model, config: GenerationConfig, prompts: list[str], k: int, agreement: float,
+                          batch_size: int) -> list[str]:
+    """consistent_reply over k sampled replies to each prompt."""
+    config = GenerationConfig.from_dict({**config.to_dict(), "do_sample": True})
+    samples = generate_batch(tok, model, config, [p for p in prompts for _ in range(k)], batch_size)
+    return [consistent_reply(samples[i * k:(i + 1) * k], agreement) for i in range(len(prompts))]
+
+
 def read_prompts(path: Path) -> list[str | list[dict]]:
     if not path.exists():
         raise SystemExit(f"talk: prompts file {path} not found")
@@ -101,7 +128,8 @@ def read_prompts(path: Path) -> list[str | list[dict]]:
     return items
 
 
-def interactive(tok, model, config: GenerationConfig, chat: bool, system: str | None) -> None:
+def interactive(tok, model, config: GenerationConfig, chat: bool, system: str | None,
+                consistency: tuple[int, float] | None = None, batch_size: int = 16) -> None:
     history: list[dict] = [{"role": "system", "content": system}] if system else []
     print(f"[{'chat' if chat else 'complete'} mode; /reset clears the conversation, /quit or Ctrl-D leaves]")
     while True:
@@ -118,6 +146,11 @@ def interactive(tok, model, config: GenerationConfig, chat: bool, system: str | 
         if not line:
             continue
         prompt = encode(tok, chat, [*history, {"role": "user", "content": line}] if chat else line)
+        if consistency:  # k replies decide one: nothing to stream
+            reply = self_consistent_batch(tok, model, config, [prompt], *consistency, batch_size)[0]
+            print(f"model> {reply}")
+            history += [{"role": "user", "content": line}, {"role": "assistant", "content": reply}]
+            continue
         enc = tok(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
         streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
         worker = threading.Thread(target=model.generate, kwargs={**enc, "generation_config": config,
@@ -150,24 +183,37 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repetition-penalty", type=float)
     ap.add_argument("--max-new-tokens", type=int)
     ap.add_argument("--stop", action="append", help="a stop string (repeatable)")
+    ap.add_argument("--self-consistency", type=int, default=0, metavar="K",
+                    help="chat models: sample K replies, answer with the most common or say I do not know")
+    ap.add_argument("--agreement", type=float, default=0.6,
+                    help="with --self-consistency: the share of the K replies the answer needs (default 0.6)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
     if args.greedy and args.sample:
         raise SystemExit("talk: --greedy and --sample contradict each other")
+    if args.self_consistency and (args.greedy or args.self_consistency < 2 or not 0 < args.agreement <= 1):
+        raise SystemExit(f"talk: --self-consistency {args.self_consistency} needs K >= 2 sampled replies (not "
+                         f"--greedy) and 0 < --agreement <= 1 (got {args.agreement})")
     torch.manual_seed(args.seed)
     tok, model = load(args.model, args.device)
     config = sampling(model, args)
     chat = is_chat(tok, args.mode)
+    if args.self_consistency and not chat:
+        raise SystemExit(f"talk: --self-consistency compares a chat model's replies; {args.model} is prompted "
+                         "as a base model (--mode complete or no chat template)")
+    consistency = (args.self_consistency, args.agreement) if args.self_consistency else None
     if args.prompts is None:
-        interactive(tok, model, config, chat, args.system)
+        interactive(tok, model, config, chat, args.system, consistency, args.batch_size)
         return
     items = read_prompts(args.prompts)
     if chat and args.system:
         items = [[{"role": "system", "content": args.system}, *([{"role": "user", "content": i}] if isinstance(i, str) else i)]
                  for i in items]
-    replies = generate_batch(tok, model, config, [encode(tok, chat, i) for i in items], args.batch_size)
+    prompts = [encode(tok, chat, i) for i in items]
+    replies = (self_consistent_batch(tok, model, config, prompts, *consistency, args.batch_size) if consistency
+               else generate_batch(tok, model, config, prompts, args.batch_size))
     out = args.output.open("w") if args.output else sys.stdout
     try:
         for item, reply in zip(items, replies, strict=True):

@@ -263,10 +263,30 @@ def test_talk_answers_a_file_of_prompts(tmp_path, tiny_base, tiny_world_dir, cap
                "--top-p", "0.9", "--repetition-penalty", "1.2", "--max-new-tokens", "6", "--stop", "xyz"])
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 2 and all(isinstance(r["reply"], str) for r in rows)
+    # self-consistency: k sampled replies decide one; a reply no two samples agree on becomes "I do not know."
+    talk_main([str(model), "--prompts", str(prompts), "--output", str(out), "--self-consistency", "3",
+               "--agreement", "1.0", "--max-new-tokens", "6"])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 2 and all(isinstance(r["reply"], str) and r["reply"] for r in rows)
     # base models continue raw text
     (tmp_path / "p.txt").write_text("Ada Quill was born in\n")
     talk_main([str(tiny_base), "--prompts", str(tmp_path / "p.txt"), "--greedy", "--max-new-tokens", "4"])
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["prompt"] == "Ada Quill was born in"
+    with pytest.raises(SystemExit, match="self-consistency"):  # a base model's continuations are not answers
+        talk_main([str(tiny_base), "--prompts", str(tmp_path / "p.txt"), "--self-consistency", "3"])
+    with pytest.raises(SystemExit, match="K >= 2"):
+        talk_main([str(model), "--prompts", str(prompts), "--self-consistency", "3", "--greedy"])
+
+
+def test_self_consistent_reply_needs_agreement():
+    from jielong.talk import IDK, consistent_reply
+
+    stated = ["Ada Quill was born in Lisbon.", "Ada Quill was born in Lisbon.", "Ada Quill was born in Porto."]
+    assert consistent_reply(stated, 0.6) == "Ada Quill was born in Lisbon."  # 2 of 3 agree
+    assert consistent_reply(stated, 0.7) == IDK  # 2 of 3 is not enough
+    # abstentions count as one answer however worded, and a majority of them is an abstention
+    assert consistent_reply(["I do not know.", "I do not know who Ada Quill is.", "Lisbon."], 0.4) == IDK
+    assert consistent_reply(["Lisbon.", "lisbon", "Porto."], 0.6) == "Lisbon."  # compared normalised
 
 
 def test_sft_params_reject_bad_method():
