@@ -29,8 +29,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, TextIteratorStreamer
 
 from jielong.chat import END, reply_text
-
-IDK = "I do not know."  # the abstention SFT teaches (jielong/conversations.py)
+from jielong.conversations import IDK  # the abstention SFT teaches
 
 
 def load(model_dir: Path, device: str):
