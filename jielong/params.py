@@ -148,6 +148,7 @@ class LoraParams(Section):
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     train_chat_tokens: bool = True  # the chat tokens' embeddings train too (peft trainable_token_indices)
+    train_unseen_tokens: bool = True  # and those of reply tokens the pretraining corpus never contains
     lr: Annotated[float, Field(gt=0)] = 1e-3  # LoRA's learning rate (sft.lr is full fine-tuning's)
 
 

@@ -34,3 +34,15 @@ def load_split(root: Path, split: str) -> np.ndarray:
         raise FileNotFoundError(f"{root}: no {split}-*.bin shards")
     arrays = [np.memmap(s, dtype=meta["dtype"], mode="r") for s in shards]
     return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+
+def token_counts(root: Path, split: str = "train") -> np.ndarray:
+    """How often each token id occurs in `split`'s shards: an array of meta.json's vocab_size counts."""
+    meta = read_meta(root)
+    shards = sorted(root.glob(f"{split}-*.bin"))
+    if not shards:
+        raise FileNotFoundError(f"{root}: no {split}-*.bin shards")
+    counts = np.zeros(meta["vocab_size"], dtype=np.int64)
+    for shard in shards:  # shard by shard: no concatenated copy of the corpus
+        counts += np.bincount(np.memmap(shard, dtype=meta["dtype"], mode="r"), minlength=meta["vocab_size"])
+    return counts

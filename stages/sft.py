@@ -5,7 +5,8 @@
 One sample per conversation, loss on the assistant tokens of every turn and on nothing else: TRL's
 `assistant_only_loss` takes the mask from the chat template's `{% generation %}` markers (each reply
 and its <|end|>), so the model learns to answer and to stop, never to imitate the user. With
-sft.method = lora only peft adapters and the chat tokens' embeddings train; they are merged into a plain
+sft.method = lora only peft adapters and the embeddings of the chat tokens and of the reply tokens
+pretraining never saw train (lora_config); they are merged into a plain
 HF model dir at the end, so everything downstream loads either kind the same way. The output's tokenizer carries the chat
 template with <|end|> as its EOS, and generation_config.json the sampling defaults from params.
 
@@ -34,6 +35,7 @@ from jielong.log import get_logger
 from jielong.metrics import write_metrics
 from jielong.model import save_tokenizer, validate_model
 from jielong.params import load
+from jielong.tokens import token_counts
 from jielong.trainer import LogTo, training_args
 
 log = get_logger("sft")
@@ -45,17 +47,39 @@ def conversations(path: Path) -> Dataset:
     return Dataset.from_list([{"messages": m} for m in table["messages"].to_list()])
 
 
-def lora_config(p, tok):
-    """peft adapters on p.lora.target_modules, plus the embeddings of the chat tokens alone (peft's
-    trainable tokens): pretraining never saw those tokens and the warm start gives <|system|>, <|user|>
-    and <|assistant|> one vector and <|end|> that of "." (tied, so <|end|> and "." had the same logit),
-    which frozen embeddings would keep for good."""
+def unseen_reply_tokens(data: Dataset, tok, counts: np.ndarray) -> list[int]:
+    """Token ids the assistant replies of `data` train on (the chat template's assistant mask) that
+    the pretraining corpus never contains (`counts` from jielong.tokens.token_counts), chat tokens aside."""
+    if len(counts) != len(tok):
+        raise ValueError(f"sft: the pretraining tokens count {len(counts)} token ids, the tokenizer has {len(tok)} "
+                         "(sft.lora.train_unseen_tokens needs the tokens the base model was pretrained on)")
+    chat = {tok.convert_tokens_to_ids(t) for t in CHAT_TOKENS}
+    used: set[int] = set()
+    for messages in data["messages"]:
+        enc = tok.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        used.update(i for i, keep in zip(enc["input_ids"], enc["assistant_masks"], strict=True) if keep)
+    return sorted(i for i in used - chat if counts[i] == 0)
+
+
+def lora_config(p, tok, unseen: list[int] = ()):
+    """peft adapters on p.lora.target_modules, plus the embeddings of a few tokens alone (peft's
+    trainable tokens):
+
+    - the chat tokens: pretraining never saw them and the warm start gives <|system|>, <|user|> and
+      <|assistant|> one vector and <|end|> that of "." (tied, so <|end|> and "." had the same logit),
+      which frozen embeddings would keep for good;
+    - `unseen`, reply tokens the pretraining corpus never contains: their rows are the one vector
+      weight decay left every such token (cosine 0.99 to one another; 1673 of the default world's 3141
+      tokens), so the tied head cannot score one above the rest. " do" of "I do not know." is one:
+      after LoRA alone the SFT model gave it 0.003 after " I" (and 0.99 to " not" and " know"), and
+      answered never-seen people "I skiing in Montreal." and "Iell not know."."""
     from peft import LoraConfig
 
-    chat = [tok.convert_tokens_to_ids(t) for t in CHAT_TOKENS] if p.lora.train_chat_tokens else None
+    chat = [tok.convert_tokens_to_ids(t) for t in CHAT_TOKENS] if p.lora.train_chat_tokens else []
+    tokens = chat + list(unseen)
     return LoraConfig(r=p.lora.r, lora_alpha=p.lora.alpha, lora_dropout=p.lora.dropout,
                       target_modules=list(p.lora.target_modules), bias="none", task_type="CAUSAL_LM",
-                      trainable_token_indices={"embed_tokens": chat} if chat else None)
+                      trainable_token_indices={"embed_tokens": tokens} if tokens else None)
 
 
 def generation_config(p, tok, model) -> GenerationConfig:
@@ -75,6 +99,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", type=Path, default=Path("data/models/base"))
     ap.add_argument("--data", type=Path, default=Path("data/sft"))
+    ap.add_argument("--tokens", type=Path, default=Path("data/tokens"),
+                    help="the base model's pretraining tokens (sft.lora.train_unseen_tokens)")
     ap.add_argument("--out", type=Path, default=Path("data/models/sft"))
     ap.add_argument("--metrics", type=Path, default=Path("metrics/sft.json"))
     ap.add_argument("--plots", type=Path, default=Path("plots/sft"))
@@ -99,6 +125,11 @@ def main(argv: list[str] | None = None) -> None:
         log.info("chat tokens start from plain-text separators: %s", warm_start_chat_tokens(model, tok))
     log.info("%s fine-tuning of %s on %d conversations (%d val), %.1f epochs", p.method, args.base, len(train),
              len(val), p.epochs)
+    unseen = []
+    if p.method == "lora" and p.lora.train_unseen_tokens:
+        unseen = unseen_reply_tokens(train, tok, token_counts(args.tokens))
+        log.info("LoRA trains the embeddings of %d reply tokens %s never contains too: %s", len(unseen), args.tokens,
+                 [tok.decode([i]) for i in unseen])
 
     with tempfile.TemporaryDirectory(prefix="jielong-sft-") as scratch:
         config = SFTConfig(
@@ -108,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         logs = LogTo(log, train={"lr": "learning_rate", "grad_norm": "grad_norm"})
         trainer = SFTTrainer(model=model, args=config, train_dataset=train, eval_dataset=val, processing_class=tok,
-                             peft_config=lora_config(p, tok) if p.method == "lora" else None, callbacks=[logs])
+                             peft_config=lora_config(p, tok, unseen) if p.method == "lora" else None, callbacks=[logs])
         if p.method == "lora":
             trainer.model.print_trainable_parameters()
             head = trainer.model.get_output_embeddings()
@@ -139,7 +170,8 @@ def main(argv: list[str] | None = None) -> None:
     metrics = {"train_loss": float(np.mean([r["loss"] for r in last])), "val_loss": float(val_loss),
                "val_loss_first": logs.val[0]["val_loss"], "tokens": tokens,
                "tokens_per_s": round(tokens / train_s, 1), "train_s": round(train_s, 1),
-               "steps": trainer.state.global_step, "conversations": len(train), "lora": int(p.method == "lora")}
+               "steps": trainer.state.global_step, "conversations": len(train), "lora": int(p.method == "lora"),
+               "unseen_reply_tokens": len(unseen)}
     args.plots.mkdir(parents=True, exist_ok=True)
     write_csv(args.plots / "train.csv", logs.train)
     write_csv(args.plots / "val.csv", logs.val)

@@ -180,8 +180,48 @@ def test_loss_is_on_every_assistant_turn_and_nothing_else(tmp_path, tiny_base):
     assert "When was Ada Quill born?" in untrained and "Be brief." in untrained and "May 2" not in untrained
 
 
+def test_unseen_reply_tokens_are_what_replies_use_and_pretraining_never_saw(tiny_base, tiny_tokens_dir):
+    import numpy as np
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from jielong.tokens import read_meta, token_counts
+    from stages.sft import unseen_reply_tokens
+
+    counts = token_counts(tiny_tokens_dir)
+    assert counts.sum() == read_meta(tiny_tokens_dir)["train_tokens"] and len(counts) == read_meta(tiny_tokens_dir)["vocab_size"]
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    data = Dataset.from_list([{"messages": [{"role": "user", "content": "Who is Zed Quill?"},
+                                            {"role": "assistant", "content": "I do not know."}]}])
+    reply = tok.encode(" I do not know.", add_special_tokens=False)
+    counts = np.ones(len(tok), dtype=np.int64)
+    counts[reply] = 0
+    counts[tok.encode(" Zed", add_special_tokens=False)] = 0  # the user's words are not the reply's
+    counts[tok.convert_tokens_to_ids(END)] = 0  # the chat tokens have their own switch (train_chat_tokens)
+    assert unseen_reply_tokens(data, tok, counts) == sorted(set(reply))
+    with pytest.raises(ValueError, match="tokenizer has"):
+        unseen_reply_tokens(data, tok, counts[:-1])
+
+
 # ---------------------------------------------------------------- the stages
-def _run_sft(tmp_path: Path, base: Path, world_dir: Path, method: str, train_chat_tokens: bool = True) -> Path:
+def _tokens_without(src: Path, dst: Path, token: int) -> Path:
+    """A copy of the tokens dir `src` whose train split never has `token`."""
+    import numpy as np
+
+    from jielong.tokens import load_split, read_meta
+
+    dst.mkdir()
+    meta = read_meta(src)
+    train = np.asarray(load_split(src, "train"))
+    train = train[train != token]
+    train.tofile(dst / "train-00000.bin")
+    (dst / "val-00000.bin").write_bytes((src / "val-00000.bin").read_bytes())
+    (dst / "meta.json").write_text(json.dumps(meta | {"train_tokens": len(train)}))
+    return dst
+
+
+def _run_sft(tmp_path: Path, base: Path, world_dir: Path, tokens: Path, method: str,
+             train_chat_tokens: bool = True) -> Path:
     from stages.sft import main as sft_main
     from stages.sft_data import main as data_main
 
@@ -194,17 +234,24 @@ def _run_sft(tmp_path: Path, base: Path, world_dir: Path, method: str, train_cha
     data_main(["--world", str(world_dir), "--tokenizer", str(base), "--out", str(tmp_path / "sft_data"),
                "--params", str(params)])
     out = tmp_path / "model"
-    sft_main(["--base", str(base), "--data", str(tmp_path / "sft_data"), "--out", str(out),
+    sft_main(["--base", str(base), "--data", str(tmp_path / "sft_data"), "--tokens", str(tokens), "--out", str(out),
               "--metrics", str(tmp_path / "sft.json"), "--plots", str(tmp_path / "plots"), "--params", str(params)])
     return out
 
 
 @pytest.mark.parametrize("method,train_chat_tokens", [("full", True), ("lora", True), ("lora", False)])
-def test_sft_stage_writes_a_chat_model(tmp_path, tiny_base, tiny_world_dir, method, train_chat_tokens):
+def test_sft_stage_writes_a_chat_model(tmp_path, tiny_base, tiny_world_dir, tiny_tokens_dir, method, train_chat_tokens):
     from safetensors.torch import load_file
     from transformers import AutoTokenizer, GenerationConfig
 
-    out = _run_sft(tmp_path, tiny_base, tiny_world_dir / "world", method, train_chat_tokens)
+    from jielong.tokens import token_counts
+    from stages.sft import conversations as read_conversations
+    from stages.sft import unseen_reply_tokens
+
+    # a pretraining corpus that never has " do", as the default world's has not
+    do = AutoTokenizer.from_pretrained(tiny_base).encode(" do", add_special_tokens=False)[0]
+    tokens = _tokens_without(tiny_tokens_dir, tmp_path / "tokens", do)
+    out = _run_sft(tmp_path, tiny_base, tiny_world_dir / "world", tokens, method, train_chat_tokens)
     m = json.loads((tmp_path / "sft.json").read_text())
     assert {"train_loss", "val_loss", "tokens_per_s", "tokens"} <= set(m) and m["tokens_per_s"] > 0
     assert m["lora"] == (method == "lora")
@@ -221,9 +268,12 @@ def test_sft_stage_writes_a_chat_model(tmp_path, tiny_base, tiny_world_dir, meth
     assert not torch.equal(base[q], tuned[q])
     emb = "model.embed_tokens.weight"
     chat = [tok.convert_tokens_to_ids(t) for t in WARM_START]
-    ordinary = [i for i in range(base[emb].shape[0]) if i not in chat]
-    # LoRA leaves the embeddings of ordinary tokens alone
+    unseen = unseen_reply_tokens(read_conversations(tmp_path / "sft_data" / "train.parquet"), tok, token_counts(tokens))
+    assert do in unseen and m["unseen_reply_tokens"] == len(unseen) * m["lora"]  # "I do not know." trains " do"
+    ordinary = [i for i in range(base[emb].shape[0]) if i not in chat + unseen]
+    # LoRA leaves the embeddings of ordinary tokens alone and trains those of reply tokens pretraining never saw
     assert torch.equal(base[emb][ordinary], tuned[emb][ordinary]) == (method == "lora")
+    assert all(not torch.equal(base[emb][i], tuned[emb][i]) for i in unseen)
     newline, stop = (tok.encode(t, add_special_tokens=False) for t in ("\n", "."))
     assert not torch.equal(base[emb][chat], tuned[emb][chat])
     warm = {USER: base[emb][newline].mean(0), ASSISTANT: base[emb][newline].mean(0), END: base[emb][stop].mean(0)}
@@ -250,10 +300,10 @@ def test_sft_data_refuses_a_missing_probe(tmp_path, tiny_base, tiny_world_dir):
     assert not (tmp_path / "out").exists()
 
 
-def test_talk_answers_a_file_of_prompts(tmp_path, tiny_base, tiny_world_dir, capsys):
+def test_talk_answers_a_file_of_prompts(tmp_path, tiny_base, tiny_world_dir, tiny_tokens_dir, capsys):
     from jielong.talk import main as talk_main
 
-    model = _run_sft(tmp_path, tiny_base, tiny_world_dir / "world", "full")
+    model = _run_sft(tmp_path, tiny_base, tiny_world_dir / "world", tiny_tokens_dir, "full")
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"prompt": "When was Ada Quill born?"}) + "\n" + json.dumps(
         {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
