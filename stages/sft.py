@@ -51,8 +51,8 @@ def unseen_reply_tokens(data: Dataset, tok, counts: np.ndarray) -> list[int]:
     """Token ids the assistant replies of `data` train on (the chat template's assistant mask) that
     the pretraining corpus never contains (`counts` from jielong.tokens.token_counts), chat tokens aside."""
     if len(counts) != len(tok):
-        raise ValueError(f"sft: the pretraining tokens count {len(counts)} token ids, the tokenizer has {len(tok)} "
-                         "(sft.lora.train_unseen_tokens needs the tokens the base model was pretrained on)")
+        raise ValueError(f"sft.lora.train_unseen_tokens: the pretraining token counts (--tokens) cover {len(counts)} "
+                         f"token ids but the tokenizer has {len(tok)}; pass the tokens the base model was pretrained on")
     chat = {tok.convert_tokens_to_ids(t) for t in CHAT_TOKENS}
     used: set[int] = set()
     for messages in data["messages"]:
@@ -68,9 +68,9 @@ def lora_config(p, tok, unseen: list[int] = ()):
     - the chat tokens: pretraining never saw them and the warm start gives <|system|>, <|user|> and
       <|assistant|> one vector and <|end|> that of "." (tied, so <|end|> and "." had the same logit),
       which frozen embeddings would keep for good;
-    - `unseen`, reply tokens the pretraining corpus never contains: their rows are the one vector
-      weight decay left every such token (cosine 0.99 to one another; 1673 of the default world's 3141
-      tokens), so the tied head cannot score one above the rest. " do" of "I do not know." is one:
+    - `unseen`, reply tokens the pretraining corpus never contains: pretraining leaves all their rows
+      on one vector (cosine 0.99 to one another; 1673 of the default world's 3141 tokens), so the tied
+      head cannot score one above the rest. " do" of "I do not know." is one:
       after LoRA alone the SFT model gave it 0.003 after " I" (and 0.99 to " not" and " know"), and
       answered never-seen people "I skiing in Montreal." and "Iell not know."."""
     from peft import LoraConfig
