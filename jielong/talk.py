@@ -13,8 +13,8 @@ continues the raw text. --prompts reads a .txt (one prompt per line) or .jsonl (
 
 --self-consistency K answers a chat prompt by sampling K replies and giving the most common one only
 if at least --agreement of them give it, else "I do not know." (README: on the default SFT model,
-K 5 and agreement 0.6 at its own sampling defaults abstained on 0.77 of never-seen people's questions
-against greedy's 0.31, and answered as many known facts).
+K 5 and agreement 0.6 at its own sampling defaults abstained on 0.69 of never-seen people's questions
+against greedy's 0.64, and answered 2.4 points fewer known facts).
 """
 
 from __future__ import annotations
