@@ -26,23 +26,25 @@ def read_meta(root: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def shards(root: Path, split: str) -> list[np.ndarray]:
+    """`split`'s shards, each memory-mapped."""
+    meta = read_meta(root)
+    paths = sorted(root.glob(f"{split}-*.bin"))
+    if not paths:
+        raise FileNotFoundError(f"{root}: no {split}-*.bin shards")
+    return [np.memmap(p, dtype=meta["dtype"], mode="r") for p in paths]
+
+
 def load_split(root: Path, split: str) -> np.ndarray:
     """All shards of `split` as one array (memory-mapped; concatenated only if there are several)."""
-    meta = read_meta(root)
-    shards = sorted(root.glob(f"{split}-*.bin"))
-    if not shards:
-        raise FileNotFoundError(f"{root}: no {split}-*.bin shards")
-    arrays = [np.memmap(s, dtype=meta["dtype"], mode="r") for s in shards]
+    arrays = shards(root, split)
     return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
 
 def token_counts(root: Path, split: str = "train") -> np.ndarray:
     """How often each token id occurs in `split`'s shards: an array of meta.json's vocab_size counts."""
-    meta = read_meta(root)
-    shards = sorted(root.glob(f"{split}-*.bin"))
-    if not shards:
-        raise FileNotFoundError(f"{root}: no {split}-*.bin shards")
-    counts = np.zeros(meta["vocab_size"], dtype=np.int64)
-    for shard in shards:  # shard by shard: no concatenated copy of the corpus
-        counts += np.bincount(np.memmap(shard, dtype=meta["dtype"], mode="r"), minlength=meta["vocab_size"])
+    vocab_size = read_meta(root)["vocab_size"]
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    for shard in shards(root, split):  # shard by shard: no concatenated copy of the corpus
+        counts += np.bincount(shard, minlength=vocab_size)
     return counts
