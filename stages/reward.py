@@ -10,7 +10,8 @@ rendering PPO scores its rollouts in (jielong/reward_model.py). TRL's centring t
 (reward.center_rewards_coefficient) keeps rewards near zero, the scale PPO adds its KL penalty to.
 metrics/reward.json holds `pairwise_acc` (the share of held-out pairs, about people the reward model
 never trained on, whose chosen reply scores higher) overall and per failure kind
-(`pairwise_acc.<kind>`), which shows what the reward model has and has not learnt.
+(`pairwise_acc.<kind>`), which shows what the reward model has and has not learnt; `people.<kind>`
+counts the held-out people a kind's pairs are about, how far one such accuracy can be trusted.
 
 The output is a plain HF dir (config.json with LlamaForSequenceClassification, model.safetensors,
 the tokenizer with its chat template and pad token) that PPO loads as the frozen reward model and as
@@ -58,16 +59,20 @@ def as_dataset(table: pl.DataFrame, tok) -> Dataset:
 
 # ---------------------------------------------------------------- held-out pairs
 def pairwise(model, tok, table: pl.DataFrame, batch_size: int) -> dict:
-    """pairwise_acc overall and per failure kind, and the reward scale, on `table`'s pairs."""
+    """pairwise_acc overall and per failure kind, the people each kind's pairs are about (a kind's
+    accuracy over two people moves in halves), and the reward scale, on `table`'s pairs."""
     rows = table.select("prompt", "chosen", "rejected").to_dicts()
     chosen, rejected = (reward_model.score(model, tok.pad_token_id,
                                            [reward_model.encode(tok, r["prompt"], r[side]) for r in rows], batch_size)
                         for side in ("chosen", "rejected"))
     right = chosen > rejected  # a tie is not a preference
     kinds = np.array(table["kind"].to_list())
+    people = table.group_by("kind").agg(pl.col("person_id").n_unique())
     both = np.concatenate([chosen, rejected])
     return {"pairwise_acc": float(right.mean()),
             **{f"pairwise_acc.{k}": float(right[kinds == k].mean()) for k in sorted(set(kinds))},
+            "people": table["person_id"].n_unique(),
+            **{f"people.{k}": n for k, n in sorted(people.iter_rows())},
             "reward.chosen_mean": float(chosen.mean()), "reward.rejected_mean": float(rejected.mean()),
             "reward.std": float(both.std()), "margin_mean": float((chosen - rejected).mean())}
 

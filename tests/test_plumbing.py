@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -187,3 +188,31 @@ def test_every_torch_load_is_weights_only_and_nothing_unpickles():
                 if any(n.split(".")[0] in ("pickle", "dill", "cloudpickle", "joblib") for n in names):
                     offenders.append(f"{where}: imports {names}")
     assert not offenders, "\n".join(offenders)
+
+
+# Imported by every stage and deliberately no stage's dependency (dvc.yaml's first comment): a new params
+# section or a new expectation must not re-run the crawl. Everything else a stage imports is its code.
+PLUMBING = {"jielong/params.py", "jielong/io.py", "jielong/checks.py", "jielong/metrics.py", "jielong/log.py"}
+
+
+def test_every_stage_depends_on_the_code_it_imports():
+    # stdlib's modulefinder, searching the repository alone: it follows every import of the stage's
+    # script (inside functions too) into our own modules and stops at third-party ones
+    import modulefinder
+    import re
+
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    missing = {}
+    for name, stage in stages.items():
+        stage = stage.get("do", stage)  # foreach stages (eval)
+        module = re.search(r"python -m (stages\.\w+)", stage["cmd"])
+        if module is None:
+            continue
+        finder = modulefinder.ModuleFinder(path=[str(REPO)])
+        finder.run_script(str(REPO / (module[1].replace(".", "/") + ".py")))
+        code = {Path(m.__file__).resolve().relative_to(REPO).as_posix() for m in finder.modules.values() if m.__file__}
+        deps = [str(d).split("#")[0].strip().rstrip("/") for d in stage["deps"]]
+        missing[name] = sorted(f for f in code - PLUMBING if not f.endswith("__init__.py")
+                               and not any(f == d or f.startswith(d + "/") for d in deps))
+    missing = {name: files for name, files in missing.items() if files}
+    assert not missing, f"dvc.yaml: stages import code their deps do not list: {missing}"

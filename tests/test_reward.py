@@ -203,6 +203,7 @@ def test_reward_stage_writes_a_scoring_model(tmp_path, tiny_base, tiny_world_dir
         "pairwise_acc", "train_loss", "val_loss", "tokens_per_s"} <= set(m)
     assert all(math.isfinite(v) for v in m.values()) and m["tokens_per_s"] > 0
     assert m["pairs.val"] == summary["val"]["pairs"]
+    assert m["people"] == summary["val"]["people"] and all(1 <= m[f"people.{k}"] <= m["people"] for k in preferences.KINDS)
     out = tmp_path / "rm"
     files = {f.name for f in out.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= files
