@@ -11,7 +11,7 @@ stage measures whether fine-tuning unlocked what pretraining stored, not memoris
 Answers state the knowledge base's value in the crawl's own sentence for the fact, the person named
 in full (answer_style "sentence"; "value" answers "University of Lowmarsh"): pretraining stored each
 fact as the continuation of that sentence, and a reply that begins it recalls what a bare value
-does not (README "Answering in the crawl's own sentence"). The assistant says "I do not know" for
+does not (docs/findings.md "Answering in the crawl's own sentence"). The assistant says "I do not know" for
 people who were never in the crawl, and (the source notes' recipe against hallucination) for facts
 the base model's self-consistency probe found it does not know: asked the same thing k times, it
 gave different answers. Teaching "I do not know" exactly where the model is unsure is what lets it
