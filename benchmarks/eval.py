@@ -58,10 +58,14 @@ def run(model: Path = REPO / "data" / "models" / "base", evals: Path = REPO / "d
     from lm_eval.tasks import TaskManager
 
     from jielong.params import load_all
-    from stages.eval import load_lm, resolve_tasks
+    from stages.eval import load_lm, our_tasks_manager, resolve_tasks
 
     if not (model / "config.json").exists():
         raise SystemExit(f"eval benchmark: {model} is not a model directory; run `dvc repro pretrain` first")
+    available = sorted(our_tasks_manager(str(tasks_dir)).all_tasks)
+    if unknown := [t for t in tasks if t not in available]:  # resolve_tasks would blame params for them
+        raise SystemExit(f"eval benchmark: --tasks {','.join(unknown)}: no such task in {tasks_dir}; "
+                         f"available: {available}")
     every = load_all(params)
     p = every.eval
     chat = model.name in p.chat_models

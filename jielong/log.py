@@ -15,8 +15,26 @@ T = TypeVar("T")
 _FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
+def quiet_libraries() -> None:
+    """With JIELONG_PROGRESS=0, the Hugging Face libraries' bars (transformers' "Loading weights",
+    datasets' map and load bars) go quiet too. Their own switches are read when they are imported, and
+    a stage imports them before this module, so the bars are turned off here directly; lm-eval's
+    plain tqdm bars have no such switch and still show."""
+    if os.environ.get("JIELONG_PROGRESS", "1") != "0":
+        return
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # for libraries imported after this
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    if "huggingface_hub" in sys.modules:
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
+    if "datasets" in sys.modules:
+        sys.modules["datasets"].disable_progress_bars()
+
+
 def get_logger(name: str) -> logging.Logger:
     """A logger writing `time level stage: message` to stderr (DVC shows it live)."""
+    quiet_libraries()
     root = logging.getLogger("jielong")
     if not root.handlers:
         handler = logging.StreamHandler(sys.stderr)

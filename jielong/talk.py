@@ -28,13 +28,17 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, TextIteratorStreamer
 
-from jielong.chat import END, reply_text
+from jielong.chat import END
 from jielong.conversations import IDK  # the abstention SFT teaches
 
 
 def load(model_dir: Path, device: str):
     if not (model_dir / "config.json").exists():
         raise SystemExit(f"talk: {model_dir} is not a Hugging Face model directory (no config.json)")
+    architectures = json.loads((model_dir / "config.json").read_text()).get("architectures") or []
+    if architectures and not any(a.endswith("ForCausalLM") for a in architectures):
+        # transformers would load a reward model's body under a fresh LM head and generate from it
+        raise SystemExit(f"talk: {model_dir} is a {architectures[0]}, not a language model that generates text")
     tok = AutoTokenizer.from_pretrained(model_dir)
     tok.padding_side = "left"  # batched generation continues every row from its last real token
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
@@ -110,21 +114,59 @@ def self_consistent_batch(tok, model, config: GenerationConfig, prompts: list[st
 
 
 def read_prompts(path: Path) -> list[str | list[dict]]:
-    if not path.exists():
-        raise SystemExit(f"talk: prompts file {path} not found")
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    """A .txt file's non-blank lines, or a .jsonl file's {"prompt": str} / {"messages": [{role, content}]}
+    objects; anything else stops naming the file and line (counted in the file, blank ones included)."""
+    if not path.is_file():
+        raise SystemExit(f"talk: prompts file {path} " + ("is a directory" if path.is_dir() else "not found"))
+    lines = [(n, line) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    if not lines:
+        raise SystemExit(f"talk: prompts file {path} has no prompt (every line is blank)")
     if path.suffix != ".jsonl":
-        return lines
+        return [line for _, line in lines]
     items = []
-    for n, line in enumerate(lines, 1):
-        row = json.loads(line)
+    for n, line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise SystemExit(f"talk: {path}:{n}: not a JSON line ({err.msg} at column {err.colno})") from None
+        if not isinstance(row, dict):
+            raise SystemExit(f"talk: {path}:{n}: expected a JSON object, got {type(row).__name__}")
         if "messages" in row:
-            items.append(row["messages"])
+            messages = row["messages"]
+            if not (isinstance(messages, list) and messages and all(
+                    isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                    for m in messages)):
+                raise SystemExit(f"talk: {path}:{n}: 'messages' must be a non-empty list of "
+                                 "{\"role\": ..., \"content\": ...} objects")
+            items.append(messages)
         elif "prompt" in row:
+            if not isinstance(row["prompt"], str):
+                raise SystemExit(f"talk: {path}:{n}: 'prompt' must be a string, got {type(row['prompt']).__name__}")
             items.append(row["prompt"])
         else:
             raise SystemExit(f"talk: {path}:{n}: expected a 'prompt' or 'messages' field, got {sorted(row)}")
     return items
+
+
+def check_args(args) -> None:
+    """Every bad flag stops before the model loads, naming the flag and the value."""
+    if args.greedy and args.sample:
+        raise SystemExit("talk: --greedy and --sample contradict each other")
+    if args.self_consistency and (args.greedy or args.self_consistency < 2 or not 0 < args.agreement <= 1):
+        raise SystemExit(f"talk: --self-consistency {args.self_consistency} needs K >= 2 sampled replies (not "
+                         f"--greedy) and 0 < --agreement <= 1 (got {args.agreement})")
+    bounds = {"--temperature": (args.temperature, "> 0", lambda v: v > 0),
+              "--top-k": (args.top_k, ">= 1", lambda v: v >= 1),
+              "--top-p": (args.top_p, "in (0, 1]", lambda v: 0 < v <= 1),
+              "--repetition-penalty": (args.repetition_penalty, "> 0", lambda v: v > 0),
+              "--max-new-tokens": (args.max_new_tokens, ">= 1", lambda v: v >= 1),
+              "--batch-size": (args.batch_size, ">= 1", lambda v: v >= 1)}
+    for flag, (value, want, ok) in bounds.items():
+        if value is not None and not ok(value):
+            hint = " (use --greedy for deterministic replies)" if flag == "--temperature" else ""
+            raise SystemExit(f"talk: {flag} must be {want}, got {value}{hint}")
+    if args.output is not None and not args.output.parent.is_dir():
+        raise SystemExit(f"talk: --output {args.output}: directory {args.output.parent} does not exist")
 
 
 def interactive(tok, model, config: GenerationConfig, chat: bool, system: str | None,
@@ -156,11 +198,15 @@ def interactive(tok, model, config: GenerationConfig, chat: bool, system: str | 
                                                                  "tokenizer": tok, "streamer": streamer})
         worker.start()
         print("model> ", end="", flush=True)
-        reply = ""
+        reply, shown = "", 0
         for piece in streamer:
-            piece = piece if reply or not chat else reply_text(piece)  # the template's opening space
             reply += piece
-            print(piece, end="", flush=True)
+            # the reply as batch mode gives it: without the opening space, and cut before a stop string
+            # (generate stops after one but keeps it); a stop split over pieces shows its first part
+            text = trim(reply, config.stop_strings) if any(s in reply for s in config.stop_strings or []) \
+                else reply.lstrip()
+            print(text[shown:], end="", flush=True)
+            shown = max(shown, len(text))
         worker.join()
         print()
         if chat:
@@ -190,11 +236,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
-    if args.greedy and args.sample:
-        raise SystemExit("talk: --greedy and --sample contradict each other")
-    if args.self_consistency and (args.greedy or args.self_consistency < 2 or not 0 < args.agreement <= 1):
-        raise SystemExit(f"talk: --self-consistency {args.self_consistency} needs K >= 2 sampled replies (not "
-                         f"--greedy) and 0 < --agreement <= 1 (got {args.agreement})")
+    check_args(args)
+    items = read_prompts(args.prompts) if args.prompts is not None else None
     torch.manual_seed(args.seed)
     tok, model = load(args.model, args.device)
     config = sampling(model, args)
@@ -206,7 +249,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.prompts is None:
         interactive(tok, model, config, chat, args.system, consistency, args.batch_size)
         return
-    items = read_prompts(args.prompts)
     if chat and args.system:
         items = [[{"role": "system", "content": args.system}, *([{"role": "user", "content": i}] if isinstance(i, str) else i)]
                  for i in items]

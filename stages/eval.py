@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from jielong.chat import END
 from jielong.checks import expect, gx
 from jielong.io import atomic_dir, write_parquet
 from jielong.log import get_logger
@@ -324,11 +325,23 @@ def request_cache(work: Path, model_dir: Path, p) -> str:
     return str(work / key)
 
 
+def sft_tokenizer(model_dir: Path) -> bool:
+    """Whether the model's tokenizer is one SFT wrote: a chat template and <|end|> as EOS (a base model's
+    tokenizer carries the template too, but ends on <|endoftext|>). So a chat model evaluated under a
+    name eval.chat_models does not list is still asked as a user would ask it."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    return tok.chat_template is not None and tok.eos_token == END
+
+
 # ---------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, required=True, help="a Hugging Face model directory")
-    ap.add_argument("--name", help="the model's name in params eval.chat_models (default: the directory name)")
+    ap.add_argument("--name", help="the name its metrics and samples are written under, and looked up in params "
+                    "eval.chat_models / extra_tasks (default: the directory name); a model whose tokenizer SFT "
+                    "wrote is prompted as a chat model under any name")
     ap.add_argument("--evals", type=Path, default=Path("data/evals"))
     ap.add_argument("--tasks", type=Path, default=Path("evals/tasks"))
     ap.add_argument("--out", type=Path, help="metrics file (default metrics/eval/<name>.json)")
@@ -353,7 +366,10 @@ def main(argv: list[str] | None = None) -> None:
     import lm_eval
 
     world = list(dict.fromkeys([*p.tasks, *p.extra_tasks.get(name, [])]))
-    chat = name in p.chat_models
+    chat = name in p.chat_models or sft_tokenizer(args.model)
+    if chat and name not in p.chat_models:
+        log.info("%s is not in eval.chat_models, but its tokenizer ends a turn with %s and has a chat template: "
+                 "prompted as a chat model", name, END)
     with tempfile.TemporaryDirectory(prefix="jielong-eval-") as scratch:  # gone even when the run fails
         specs = resolve_tasks(p, world, args.tasks, args.evals, chat, Path(scratch), style)
         # simple_evaluate's default TaskManager indexes lm-eval's ~15k task YAMLs (9-13 s); ours alone suffice

@@ -76,9 +76,14 @@ def read_rev(rev: str, path: Path) -> tuple[Metrics, str]:
     inside = Path(os.path.relpath(path.resolve(), root.resolve())).as_posix()
     if inside.startswith("../"):  # a current dir outside the checkout is compared with the default place
         inside = DEFAULT_CURRENT.as_posix()
-    if not fs.isdir(inside):
+    try:  # listing makes DVC read that commit's dvc.yaml and params, which an old commit may not parse
+        listed = fs.ls(inside, detail=False) if fs.isdir(inside) else None
+    except Exception as err:  # noqa: BLE001 - whatever DVC raised, the rev is what cannot be used
+        raise UsageError(f"baseline rev {rev!r} (commit {commit}): DVC cannot read its {inside}/: "
+                         f"{type(err).__name__}: {err}") from None
+    if listed is None:
         raise UsageError(f"baseline rev {rev!r} (commit {commit}) has no {inside}/ directory")
-    files = sorted(f for f in fs.ls(inside, detail=False) if f.endswith(".json"))
+    files = sorted(f for f in listed if f.endswith(".json"))
     if not files:
         raise UsageError(f"baseline rev {rev!r} (commit {commit}) has no <model>.json files in {inside}/")
     found = {Path(f).stem: parse_metrics(fs.read_text(f), f"{rev}:{f}") for f in files}

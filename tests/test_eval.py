@@ -323,3 +323,22 @@ def test_plain_lm_eval_cli_runs_the_tasks(tmp_path, tiny_model, tiny_decontam_di
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "world_facts_mc" in run.stdout and "abstain_rate" in run.stdout
+
+
+def test_a_tokenizer_sft_wrote_makes_a_chat_model_under_any_name(tmp_path, tiny_base):
+    """A chat model evaluated as `--model /somewhere/mine` (not a name in eval.chat_models) was asked the
+    base model's Q/A prompt, the wrong form; its tokenizer says what it is."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from jielong.chat import END
+    from stages.eval import sft_tokenizer
+
+    assert not sft_tokenizer(tiny_base)  # the template is there, but a base model ends on <|endoftext|>
+    mine = tmp_path / "mine"
+    shutil.copytree(tiny_base, mine)
+    tok = AutoTokenizer.from_pretrained(mine)
+    tok.eos_token = END
+    tok.save_pretrained(mine)
+    assert sft_tokenizer(mine)

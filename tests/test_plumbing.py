@@ -153,6 +153,7 @@ def test_profiles_merge_and_validate(tmp_path):
     bad = tmp_path / "profiles"
     bad.mkdir()
     (bad / "broken.yaml").write_text("world: {known_people: 0}\n")
+    params.write_text((REPO / "params.yaml").read_text())
     with pytest.raises(Exception, match="known_people"):
         apply("broken", params, profiles=bad)
 
@@ -215,3 +216,46 @@ def test_every_stage_depends_on_the_code_it_imports():
                                and not any(f == d or f.startswith(d + "/") for d in deps))
     missing = {name: files for name, files in missing.items() if files}
     assert not missing, f"dvc.yaml: stages import code their deps do not list: {missing}"
+
+
+def test_a_second_profile_is_refused_unless_stacked(tmp_path, capsys):
+    """`profile gpu` after `profile large` kept large's values wherever gpu is silent, under a header
+    saying gpu was applied over the default params; now it is refused, or stacked and said so."""
+    from jielong.profile import applied, main
+
+    params = tmp_path / "params.yaml"
+    params.write_text((REPO / "params.yaml").read_text())
+    assert applied(params) is None
+    apply("large", params)
+    assert applied(params) == "large"
+    with pytest.raises(ParamsError, match="already holds the 'large' profile.*git checkout"):
+        apply("gpu", params)
+    with pytest.raises(SystemExit, match="already holds"):
+        main(["gpu", "--params", str(params)])
+    with pytest.raises(SystemExit, match="available: .*tiny"):
+        main(["nope", "--params", str(params)])
+    merged = apply("gpu", params, stack=True)
+    assert merged["world"]["full_name_fraction"] == yaml.safe_load((REPO / "profiles/large.yaml").read_text())[
+        "world"]["full_name_fraction"]
+    assert params.read_text().startswith("# profile: gpu over large (from gpu.yaml over the large profile)")
+
+
+def test_jielong_progress_0_quiets_the_hugging_face_bars(monkeypatch):
+    """transformers' "Loading weights" bar printed in every stage's log under JIELONG_PROGRESS=0."""
+    import datasets
+    import transformers
+
+    from jielong.log import quiet_libraries
+
+    transformers.utils.logging.enable_progress_bar()  # (datasets' cannot be: the switch set on import vetoes it)
+    try:
+        monkeypatch.setenv("JIELONG_PROGRESS", "1")
+        quiet_libraries()
+        assert transformers.utils.logging.is_progress_bar_enabled()
+        monkeypatch.setenv("JIELONG_PROGRESS", "0")
+        quiet_libraries()
+        assert not transformers.utils.logging.is_progress_bar_enabled()
+        assert not datasets.is_progress_bar_enabled()
+    finally:  # the rest of the suite runs with JIELONG_PROGRESS=0 (conftest), so quiet is its state
+        transformers.utils.logging.disable_progress_bar()
+        datasets.disable_progress_bars()

@@ -328,6 +328,41 @@ def test_talk_answers_a_file_of_prompts(tmp_path, tiny_base, tiny_world_dir, tin
         talk_main([str(model), "--prompts", str(prompts), "--self-consistency", "3", "--greedy"])
 
 
+def test_talk_refuses_bad_input_naming_the_file_line_or_flag(tmp_path):
+    """Bad prompts files, flags and model dirs stop before any generation (no model loads for the first
+    two kinds: the model path here does not exist), each message naming what was wrong."""
+    from jielong.talk import main as talk_main
+    from jielong.talk import read_prompts
+
+    cases = {"bad.jsonl": ('{"prompt": "Hi"}\n\n{"prompt": oops}\n', r"bad\.jsonl:3: not a JSON line"),
+             "str.jsonl": ('"hello"\n', r"str\.jsonl:1: expected a JSON object, got str"),
+             "num.jsonl": ('{"prompt": 3}\n', r"num\.jsonl:1: 'prompt' must be a string, got int"),
+             "msg.jsonl": ('{"messages": "Hi"}\n', r"msg\.jsonl:1: 'messages' must be a non-empty list"),
+             "none.jsonl": ('{"text": "Hi"}\n', r"none\.jsonl:1: expected a 'prompt' or 'messages'"),
+             "empty.txt": ("\n  \n", r"empty\.txt has no prompt")}
+    for name, (text, message) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(SystemExit, match=message):
+            read_prompts(tmp_path / name)
+    with pytest.raises(SystemExit, match="is a directory"):
+        read_prompts(tmp_path)
+    nowhere = str(tmp_path / "no-model")
+    for flags, message in [(["--temperature", "0"], r"--temperature must be > 0, got 0\.0 \(use --greedy"),
+                           (["--top-p", "1.5"], r"--top-p must be in \(0, 1\], got 1\.5"),
+                           (["--top-k", "0"], "--top-k must be >= 1"),
+                           (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+                           (["--output", str(tmp_path / "nodir" / "a.jsonl")], "directory .*nodir does not exist"),
+                           (["--prompts", str(tmp_path / "bad.jsonl")], r"bad\.jsonl:3")]:
+        with pytest.raises(SystemExit, match=message):
+            talk_main([nowhere, *flags])
+    # a reward model is a model directory too, but it scores text rather than writing it
+    reward = tmp_path / "reward"
+    reward.mkdir()
+    (reward / "config.json").write_text(json.dumps({"architectures": ["LlamaForSequenceClassification"]}))
+    with pytest.raises(SystemExit, match="LlamaForSequenceClassification, not a language model"):
+        talk_main([str(reward)])
+
+
 def test_self_consistent_reply_needs_agreement():
     from jielong.talk import IDK, consistent_reply
 
