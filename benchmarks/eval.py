@@ -58,7 +58,7 @@ def run(model: Path = REPO / "data" / "models" / "base", evals: Path = REPO / "d
     from lm_eval.tasks import TaskManager
 
     from jielong.params import load_all
-    from stages.eval import load_lm, our_tasks_manager, resolve_tasks
+    from stages.eval import load_lm, our_tasks_manager, resolve_tasks, sft_tokenizer
 
     if not (model / "config.json").exists():
         raise SystemExit(f"eval benchmark: {model} is not a model directory; run `dvc repro pretrain` first")
@@ -68,7 +68,7 @@ def run(model: Path = REPO / "data" / "models" / "base", evals: Path = REPO / "d
                          f"available: {available}")
     every = load_all(params)
     p = every.eval
-    chat = model.name in p.chat_models
+    chat = model.name in p.chat_models or sft_tokenizer(model)  # as the eval stage decides
     scratch = Path(tempfile.mkdtemp(prefix="jielong-eval-bench-"))
     try:
         specs = resolve_tasks(p, list(tasks), tasks_dir, evals, chat, scratch,

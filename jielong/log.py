@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -24,12 +25,13 @@ def quiet_libraries() -> None:
         return
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # for libraries imported after this
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    if "huggingface_hub" in sys.modules:
-        sys.modules["huggingface_hub"].utils.disable_progress_bars()
-    if "transformers" in sys.modules:
-        sys.modules["transformers"].utils.logging.disable_progress_bar()
-    if "datasets" in sys.modules:
-        sys.modules["datasets"].disable_progress_bars()
+    # by module path: these packages load submodules lazily, so an attribute chain may not exist yet
+    switches = {"huggingface_hub": ("huggingface_hub.utils", "disable_progress_bars"),
+                "transformers": ("transformers.utils.logging", "disable_progress_bar"),
+                "datasets": ("datasets.utils.tqdm", "disable_progress_bars")}
+    for package, (module, off) in switches.items():
+        if package in sys.modules:
+            getattr(importlib.import_module(module), off)()
 
 
 def get_logger(name: str) -> logging.Logger:

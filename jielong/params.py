@@ -381,7 +381,8 @@ class EvalParams(Section):
     """lm-eval over each model directory (stages/eval.py, tasks in evals/tasks)."""
 
     models: list[str] = ["base", "sft", "ppo", "dpo"]  # data/models/<name> the dvc foreach evaluates
-    chat_models: list[str] = ["sft", "ppo", "dpo"]  # prompted through the chat template; others plain
+    # prompted through the chat template, as is any model whose tokenizer SFT wrote; others plain
+    chat_models: list[str] = ["sft", "ppo", "dpo"]
     tasks: list[str] = WORLD_TASKS  # names of evals/tasks/*.yaml, run on every model
     # per model, tasks run on that model only: the base model's train-split probe feeds SFT, and its
     # cloze recall, roughly the ceiling of what SFT can extract

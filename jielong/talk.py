@@ -35,8 +35,10 @@ from jielong.conversations import IDK  # the abstention SFT teaches
 def load(model_dir: Path, device: str):
     if not (model_dir / "config.json").exists():
         raise SystemExit(f"talk: {model_dir} is not a Hugging Face model directory (no config.json)")
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
     architectures = json.loads((model_dir / "config.json").read_text()).get("architectures") or []
-    if architectures and not any(a.endswith("ForCausalLM") for a in architectures):
+    if architectures and not set(architectures) & set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()):
         # transformers would load a reward model's body under a fresh LM head and generate from it
         raise SystemExit(f"talk: {model_dir} is a {architectures[0]}, not a language model that generates text")
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -156,7 +158,7 @@ def check_args(args) -> None:
         raise SystemExit(f"talk: --self-consistency {args.self_consistency} needs K >= 2 sampled replies (not "
                          f"--greedy) and 0 < --agreement <= 1 (got {args.agreement})")
     bounds = {"--temperature": (args.temperature, "> 0", lambda v: v > 0),
-              "--top-k": (args.top_k, ">= 1", lambda v: v >= 1),
+              "--top-k": (args.top_k, ">= 0 (0: off)", lambda v: v >= 0),
               "--top-p": (args.top_p, "in (0, 1]", lambda v: 0 < v <= 1),
               "--repetition-penalty": (args.repetition_penalty, "> 0", lambda v: v > 0),
               "--max-new-tokens": (args.max_new_tokens, ">= 1", lambda v: v >= 1),
@@ -223,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--greedy", action="store_true", help="greedy decoding")
     ap.add_argument("--sample", action="store_true", help="sample (implied by --temperature/--top-k/--top-p)")
     ap.add_argument("--temperature", type=float)
-    ap.add_argument("--top-k", type=int)
+    ap.add_argument("--top-k", type=int, help="0 turns top-k off")
     ap.add_argument("--top-p", type=float)
     ap.add_argument("--repetition-penalty", type=float)
     ap.add_argument("--max-new-tokens", type=int)

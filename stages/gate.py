@@ -78,15 +78,15 @@ def read_rev(rev: str, path: Path) -> tuple[Metrics, str]:
         inside = DEFAULT_CURRENT.as_posix()
     try:  # listing makes DVC read that commit's dvc.yaml and params, which an old commit may not parse
         listed = fs.ls(inside, detail=False) if fs.isdir(inside) else None
+        texts = {f: fs.read_text(f) for f in sorted(listed or []) if f.endswith(".json")}
     except Exception as err:  # noqa: BLE001 - whatever DVC raised, the rev is what cannot be used
         raise UsageError(f"baseline rev {rev!r} (commit {commit}): DVC cannot read its {inside}/: "
                          f"{type(err).__name__}: {err}") from None
     if listed is None:
         raise UsageError(f"baseline rev {rev!r} (commit {commit}) has no {inside}/ directory")
-    files = sorted(f for f in listed if f.endswith(".json"))
-    if not files:
+    if not texts:
         raise UsageError(f"baseline rev {rev!r} (commit {commit}) has no <model>.json files in {inside}/")
-    found = {Path(f).stem: parse_metrics(fs.read_text(f), f"{rev}:{f}") for f in files}
+    found = {Path(f).stem: parse_metrics(text, f"{rev}:{f}") for f, text in texts.items()}
     return found, f"{rev} ({commit}):{inside}"
 
 

@@ -325,7 +325,7 @@ def test_plain_lm_eval_cli_runs_the_tasks(tmp_path, tiny_model, tiny_decontam_di
     assert "world_facts_mc" in run.stdout and "abstain_rate" in run.stdout
 
 
-def test_a_tokenizer_sft_wrote_makes_a_chat_model_under_any_name(tmp_path, tiny_base):
+def test_a_tokenizer_sft_wrote_makes_a_chat_model_under_any_name(tmp_path, tiny_base, tiny_decontam_dir):
     """A chat model evaluated as `--model /somewhere/mine` (not a name in eval.chat_models) was asked the
     base model's Q/A prompt, the wrong form; its tokenizer says what it is."""
     import shutil
@@ -336,9 +336,13 @@ def test_a_tokenizer_sft_wrote_makes_a_chat_model_under_any_name(tmp_path, tiny_
     from stages.eval import sft_tokenizer
 
     assert not sft_tokenizer(tiny_base)  # the template is there, but a base model ends on <|endoftext|>
-    mine = tmp_path / "mine"
+    mine = tmp_path / "models" / "mine"
     shutil.copytree(tiny_base, mine)
     tok = AutoTokenizer.from_pretrained(mine)
     tok.eos_token = END
     tok.save_pretrained(mine)
     assert sft_tokenizer(mine)
+    # and the stage asks it as a user would, though eval.chat_models does not name it
+    _eval(tmp_path, mine, tiny_decontam_dir / "evals", name="mine", tasks=["world_facts_gen"], extra_tasks={})
+    prompts = (tmp_path / "mine" / "samples" / "world_facts_gen.jsonl").read_text()
+    assert "<|user|>" in prompts and "<|assistant|>" in prompts

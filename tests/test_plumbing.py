@@ -242,16 +242,24 @@ def test_a_second_profile_is_refused_unless_stacked(tmp_path, capsys):
 
 def test_jielong_progress_0_quiets_the_hugging_face_bars(monkeypatch):
     """transformers' "Loading weights" bar printed in every stage's log under JIELONG_PROGRESS=0."""
+    import importlib
+
     import datasets
     import transformers
 
     from jielong.log import quiet_libraries
 
-    transformers.utils.logging.enable_progress_bar()  # (datasets' cannot be: the switch set on import vetoes it)
+    # datasets read its switch on import, and an earlier get_logger has set it; it would veto enabling
+    monkeypatch.setattr(importlib.import_module("datasets.utils.tqdm"), "HF_DATASETS_DISABLE_PROGRESS_BARS", None)
+    for switch in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
+        monkeypatch.setenv(switch, "")  # restored afterwards, whatever quiet_libraries writes in between
+        monkeypatch.delenv(switch)
+    transformers.utils.logging.enable_progress_bar()
+    datasets.enable_progress_bars()
     try:
         monkeypatch.setenv("JIELONG_PROGRESS", "1")
         quiet_libraries()
-        assert transformers.utils.logging.is_progress_bar_enabled()
+        assert transformers.utils.logging.is_progress_bar_enabled() and datasets.is_progress_bar_enabled()
         monkeypatch.setenv("JIELONG_PROGRESS", "0")
         quiet_libraries()
         assert not transformers.utils.logging.is_progress_bar_enabled()

@@ -349,7 +349,7 @@ def test_talk_refuses_bad_input_naming_the_file_line_or_flag(tmp_path):
     nowhere = str(tmp_path / "no-model")
     for flags, message in [(["--temperature", "0"], r"--temperature must be > 0, got 0\.0 \(use --greedy"),
                            (["--top-p", "1.5"], r"--top-p must be in \(0, 1\], got 1\.5"),
-                           (["--top-k", "0"], "--top-k must be >= 1"),
+                           (["--top-k", "-1"], r"--top-k must be >= 0 \(0: off\)"),
                            (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
                            (["--output", str(tmp_path / "nodir" / "a.jsonl")], "directory .*nodir does not exist"),
                            (["--prompts", str(tmp_path / "bad.jsonl")], r"bad\.jsonl:3")]:
