@@ -216,7 +216,7 @@ def interactive(tok, model, config: GenerationConfig, chat: bool, system: str | 
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
     ap.add_argument("model", type=Path, help="a model directory, e.g. data/models/sft")
     ap.add_argument("--prompts", type=Path, help="batch mode: a .txt or .jsonl file of prompts")
     ap.add_argument("--output", type=Path, help="batch mode: write JSON lines here (default: stdout)")

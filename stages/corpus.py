@@ -233,7 +233,7 @@ def validate(docs: pl.DataFrame, p: CorpusParams, label: str) -> None:
 
 # ---------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("data/corpus"))
     ap.add_argument("--work", type=Path, default=Path("data/corpus-work"))
     ap.add_argument("--metrics", type=Path, default=Path("metrics/corpus.json"))

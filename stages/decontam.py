@@ -171,7 +171,7 @@ def validate(out: Path, sets: dict[str, pl.DataFrame], label: Path) -> None:
 
 # ---------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
     ap.add_argument("--world", type=Path, default=Path("data/world"))
     ap.add_argument("--corpus", type=Path, default=Path("data/corpus"))
     ap.add_argument("--tasks", type=Path, default=Path("evals/tasks"))

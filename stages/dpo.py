@@ -62,7 +62,7 @@ def gold_of(model, tok, prompts: list[list[dict]], docs: list[dict], max_new_tok
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
     ap.add_argument("--sft", type=Path, default=Path("data/models/sft"))
     ap.add_argument("--data", type=Path, default=Path("data/prefs"))
     ap.add_argument("--world", type=Path, default=Path("data/world"))

@@ -337,7 +337,7 @@ def sft_tokenizer(model_dir: Path) -> bool:
 
 # ---------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, required=True, help="a Hugging Face model directory")
     ap.add_argument("--name", help="the name its metrics and samples are written under, and looked up in params "
                     "eval.chat_models / extra_tasks (default: the directory name); a model whose tokenizer SFT "

@@ -235,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
     ap.add_argument("--baseline", required=True,
                     help="a git rev (its committed metrics) or a metrics directory")
     ap.add_argument("--current", type=Path, default=DEFAULT_CURRENT, help="directory of <model>.json")

@@ -236,7 +236,7 @@ def ppo_update(actor, critic, actor_opt, critic_opt, batch: dict, p, generator: 
 
 # ---------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
     ap.add_argument("--sft", type=Path, default=Path("data/models/sft"))
     ap.add_argument("--reward", type=Path, default=Path("data/models/reward"))
     ap.add_argument("--world", type=Path, default=Path("data/world"))

@@ -69,7 +69,7 @@ def check(table: pl.DataFrame, questions: pl.DataFrame, tok, p, style: str, labe
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
     ap.add_argument("--world", type=Path, default=Path("data/world"))
     ap.add_argument("--tokenizer", type=Path, default=Path("data/tokenizer"))
     ap.add_argument("--out", type=Path, default=Path("data/prefs"))

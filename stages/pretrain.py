@@ -130,7 +130,7 @@ def evaluate(model, batches: list[torch.Tensor], device: torch.device, bf16: boo
 
 # ---------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=Path, default=Path("data/tokens"))
     ap.add_argument("--tokenizer", type=Path, default=Path("data/tokenizer"))
     ap.add_argument("--out", type=Path, default=Path("data/models/base"))

@@ -326,7 +326,7 @@ def check(out: Path, blocks: list[Block]) -> None:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
     ap.add_argument("--metrics", type=Path, default=Path("metrics"))
     ap.add_argument("--plots", type=Path, default=Path("plots"))
     ap.add_argument("--out", type=Path, default=Path("report"))

@@ -93,7 +93,7 @@ def load_reward_model(sft: Path, pad_id: int):
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
     ap.add_argument("--sft", type=Path, default=Path("data/models/sft"))
     ap.add_argument("--data", type=Path, default=Path("data/prefs"))
     ap.add_argument("--out", type=Path, default=Path("data/models/reward"))

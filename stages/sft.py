@@ -96,7 +96,7 @@ def generation_config(p, tok, model) -> GenerationConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
     ap.add_argument("--base", type=Path, default=Path("data/models/base"))
     ap.add_argument("--data", type=Path, default=Path("data/sft"))
     ap.add_argument("--tokens", type=Path, default=Path("data/tokens"),

@@ -59,7 +59,7 @@ def check(table: pl.DataFrame, questions: pl.DataFrame, tok, max_length: int, st
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
     ap.add_argument("--world", type=Path, default=Path("data/world"))
     ap.add_argument("--knows", type=Path, default=Path("data/eval/base/knows.parquet"),
                     help="the base model's self-consistency labels (used when sft.data.use_knows)")

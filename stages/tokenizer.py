@@ -127,7 +127,7 @@ def validate(out: Path, hf: PreTrainedTokenizerFast, vocab_size: int) -> None:
 
 # ---------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
     ap.add_argument("--corpus", type=Path, default=Path("data/corpus"))
     ap.add_argument("--out", type=Path, default=Path("data/tokenizer"))
     ap.add_argument("--metrics", type=Path, default=Path("metrics/tokenizer.json"))

@@ -61,7 +61,7 @@ class ShardWriter:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
     ap.add_argument("--corpus", type=Path, default=Path("data/corpus"))
     ap.add_argument("--tokenizer", type=Path, default=Path("data/tokenizer"))
     ap.add_argument("--out", type=Path, default=Path("data/tokens"))

@@ -142,7 +142,7 @@ def counts(params, people, questions, truth: pl.DataFrame, out: Path, seconds: f
 
 # ---------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("data/world"))
     ap.add_argument("--metrics", type=Path, default=Path("metrics/world.json"))
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))

@@ -267,3 +267,14 @@ def test_jielong_progress_0_quiets_the_hugging_face_bars(monkeypatch):
     finally:  # the rest of the suite runs with JIELONG_PROGRESS=0 (conftest), so quiet is its state
         transformers.utils.logging.disable_progress_bar()
         datasets.disable_progress_bars()
+
+
+@pytest.mark.parametrize("stage", sorted(p.stem for p in (REPO / "stages").glob("*.py") if p.stem != "__init__"))
+def test_every_stage_tells_how_it_is_run(stage, capsys):
+    """`--help` opens with the command README gives (`python -m stages.<name>`), not the file name."""
+    import importlib
+
+    with pytest.raises(SystemExit) as done:
+        importlib.import_module(f"stages.{stage}").main(["--help"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: python -m stages.{stage} ")
