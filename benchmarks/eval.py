@@ -58,21 +58,17 @@ def run(model: Path = REPO / "data" / "models" / "base", evals: Path = REPO / "d
     from lm_eval.tasks import TaskManager
 
     from jielong.params import load_all
-    from stages.eval import load_lm, our_tasks_manager, resolve_tasks, sft_tokenizer
+    from stages.eval import load_lm, resolve_tasks, sft_tokenizer
 
     if not (model / "config.json").exists():
         raise SystemExit(f"eval benchmark: {model} is not a model directory; run `dvc repro pretrain` first")
-    available = sorted(our_tasks_manager(str(tasks_dir)).all_tasks)
-    if unknown := [t for t in tasks if t not in available]:  # resolve_tasks would blame params for them
-        raise SystemExit(f"eval benchmark: --tasks {','.join(unknown)}: no such task in {tasks_dir}; "
-                         f"available: {available}")
     every = load_all(params)
     p = every.eval
     chat = model.name in p.chat_models or sft_tokenizer(model)  # as the eval stage decides
     scratch = Path(tempfile.mkdtemp(prefix="jielong-eval-bench-"))
     try:
         specs = resolve_tasks(p, list(tasks), tasks_dir, evals, chat, scratch,
-                              every.sft.data.answer_style)
+                              every.sft.data.answer_style, asked_in="--tasks")
         # given our tasks only: without one, lm-eval indexes its ~15k task YAMLs on every call (~10 s here)
         manager = TaskManager(include_path=str(tasks_dir), include_defaults=False)
         builders = {"ours": lambda: load_lm(model, p),

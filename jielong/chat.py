@@ -47,6 +47,12 @@ CHAT_TEMPLATE = (
 )
 
 
+def is_chat_tokenizer(tok) -> bool:
+    """Whether `tok` is a chat model's, as SFT saves it: the chat template and <|end|> as EOS. A base model's
+    tokenizer carries the template too (the tokenizer stage writes it) but ends on <|endoftext|>."""
+    return tok.chat_template is not None and tok.eos_token == END
+
+
 def reply_text(decoded: str) -> str:
     """A generated reply as its author meant it: without the one space the template opens it with."""
     return decoded.removeprefix(" ")

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, TextIteratorStreamer
 
-from jielong.chat import END
+from jielong.chat import is_chat_tokenizer
 from jielong.conversations import IDK  # the abstention SFT teaches
 
 
@@ -65,7 +65,7 @@ def sampling(model, args) -> GenerationConfig:
 
 
 def is_chat(tok, mode: str) -> bool:
-    return mode == "chat" or (mode == "auto" and tok.chat_template is not None and tok.eos_token == END)
+    return mode == "chat" or (mode == "auto" and is_chat_tokenizer(tok))
 
 
 def encode(tok, chat: bool, item: str | list[dict]) -> str:

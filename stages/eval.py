@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from jielong.chat import END
+from jielong.chat import END, is_chat_tokenizer
 from jielong.checks import expect, gx
 from jielong.io import atomic_dir, write_parquet
 from jielong.log import get_logger
@@ -151,13 +151,15 @@ def our_tasks_manager(tasks_dir: str):
 
 
 def resolve_tasks(p, tasks: list[str], tasks_dir: Path, evals: Path, chat: bool = False,
-                  scratch: Path | None = None, answer_style: str = "value") -> list:
-    """Task specs for lm-eval; an unknown name fails listing the available ones."""
+                  scratch: Path | None = None, answer_style: str = "value",
+                  asked_in: str = "params eval.tasks/extra_tasks") -> list:
+    """Task specs for lm-eval; an unknown name fails naming `asked_in` (where the names came from) and
+    listing the available ones."""
     ours = our_tasks_manager(str(tasks_dir))
     available = sorted(ours.all_tasks)
     unknown = [t for t in tasks if t not in available]
     if unknown:
-        raise SystemExit(f"eval: unknown task(s) {unknown} in params eval.tasks/extra_tasks; available in "
+        raise SystemExit(f"eval: unknown task(s) {unknown} in {asked_in}; available in "
                          f"{tasks_dir}: {available} (standard lm-eval tasks go under eval.benchmarks)")
     specs = []
     for name in tasks:
@@ -326,13 +328,11 @@ def request_cache(work: Path, model_dir: Path, p) -> str:
 
 
 def sft_tokenizer(model_dir: Path) -> bool:
-    """Whether the model's tokenizer is one SFT wrote: a chat template and <|end|> as EOS (a base model's
-    tokenizer carries the template too, but ends on <|endoftext|>). So a chat model evaluated under a
-    name eval.chat_models does not list is still asked as a user would ask it."""
+    """Whether the model's tokenizer is one SFT wrote (jielong.chat.is_chat_tokenizer), so that a chat model
+    evaluated under a name eval.chat_models does not list is still asked as a user would ask it."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    return tok.chat_template is not None and tok.eos_token == END
+    return is_chat_tokenizer(AutoTokenizer.from_pretrained(model_dir))
 
 
 # ---------------------------------------------------------------- main
