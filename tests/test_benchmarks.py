@@ -1,5 +1,5 @@
 """benchmarks/: the runner on the tiny world's tokenizer, corpus and a random model (quick sizes), and
-a failed benchmark reported as such; the full numbers are the README's, not a test's."""
+a failed benchmark reported as such; the measured numbers are docs/findings.md's, not a test's."""
 
 from __future__ import annotations
 
