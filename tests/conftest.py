@@ -12,16 +12,53 @@ import yaml
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("JIELONG_PROGRESS", "0")
 
+from pydantic import BaseModel  # noqa: E402
+
 from jielong.params import Params  # noqa: E402
 from jielong.profile import merge  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
 
+# ---------------------------------------------------------------- params.yaml with a few knobs changed
+def override(model: type[BaseModel], raw: dict, overrides: dict) -> dict:
+    """`overrides` over `raw`, a section of `model`: a nested section merges, any other knob (a dict
+    of kinds or metrics included) is replaced whole, as a keyword argument to the model would be."""
+    out = dict(raw)
+    for key, value in overrides.items():
+        field = model.model_fields.get(key)
+        sub = field.annotation if field is not None else None
+        if isinstance(value, dict) and isinstance(raw.get(key), dict) and isinstance(sub, type) \
+                and issubclass(sub, BaseModel):
+            out[key] = override(sub, raw[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def default_params(overrides: dict | None = None) -> dict:
+    """The repository's params.yaml as a dict, with `overrides` ({section: {knob: value}}) over it."""
+    return override(Params, yaml.safe_load((REPO / "params.yaml").read_text()), overrides or {})
+
+
+def write_params(path: Path, overrides: dict | None = None) -> Path:
+    """A complete params file for a stage's --params: params.yaml with `overrides` over it."""
+    path.write_text(yaml.safe_dump(default_params(overrides), sort_keys=False))
+    return path
+
+
+def params_section(dotted: str, **overrides):
+    """params.yaml's section `dotted` (e.g. "sft.data") with `overrides`, validated as load() validates
+    it: every knob a test does not name keeps the default profile's value, never a copy of it."""
+    model, raw = Params, default_params()
+    for key in dotted.split("."):
+        model, raw = model.model_fields[key].annotation, raw[key]
+    return model.model_validate(override(model, raw, overrides))
+
+
 def tiny_params() -> Params:
-    base = yaml.safe_load((REPO / "params.yaml").read_text())
     tiny = yaml.safe_load((REPO / "profiles" / "tiny.yaml").read_text())
-    return Params.model_validate(merge(base, tiny))
+    return Params.model_validate(merge(default_params(), tiny))  # as `python -m jielong.profile tiny` does
 
 
 @pytest.fixture(scope="session")
@@ -50,7 +87,7 @@ def tiny_world_dir(tmp_path_factory, tiny) -> Path:
     return root
 
 
-__all__ = ["REPO", "random", "tiny_params"]
+__all__ = ["REPO", "default_params", "params_section", "random", "tiny_params", "write_params"]
 
 
 # ---------------------------------------------------------------- training fixtures
@@ -72,8 +109,7 @@ def tiny_tokenizer_dir(tmp_path_factory, tiny_corpus_dir) -> Path:
     from stages.tokenizer import main as tokenizer_main
 
     root = tmp_path_factory.mktemp("tokenizer")
-    params = root / "params.yaml"
-    params.write_text(yaml.safe_dump({"tokenizer": {"vocab_size": 1024, "heldout_fraction": 0.05}}))
+    params = write_params(root / "params.yaml", {"tokenizer": {"vocab_size": 1024, "heldout_fraction": 0.05}})
     tokenizer_main(["--corpus", str(tiny_corpus_dir), "--out", str(root / "tok"),
                     "--metrics", str(root / "tokenizer.json"), "--params", str(params)])
     return root
@@ -84,8 +120,7 @@ def tiny_tokens_dir(tmp_path_factory, tiny_corpus_dir, tiny_tokenizer_dir) -> Pa
     from stages.tokens import main as tokens_main
 
     root = tmp_path_factory.mktemp("tokens")
-    params = root / "params.yaml"
-    params.write_text(yaml.safe_dump({"tokens": {"val_fraction": 0.1}}))
+    params = write_params(root / "params.yaml", {"tokens": {"val_fraction": 0.1}})
     tokens_main(["--corpus", str(tiny_corpus_dir), "--tokenizer", str(tiny_tokenizer_dir / "tok"),
                  "--out", str(root / "tokens"), "--params", str(params)])
     return root / "tokens"

@@ -20,7 +20,7 @@ import yaml
 
 from jielong.corpus import CorpusError
 from jielong.corpus.readers import make_readers, resolve_inputs
-from tests.conftest import REPO
+from tests.conftest import REPO, params_section, write_params
 
 TARGETS = {"recall": 0.95, "good_removed_rate": 0.02, "pii_recall": 0.99}
 
@@ -210,10 +210,9 @@ def test_funnel_names_the_step_that_removed_the_last_documents():
 
 def test_output_expectations_catch_pii_duplicates_and_languages():
     from jielong.checks import ExpectationFailed
-    from jielong.params import CorpusParams
     from stages.corpus import validate
 
-    p = CorpusParams()
+    p = params_section("corpus")
     validate(pl.DataFrame({"id": ["a", "b"], "text": ["Call <PHONE> on 2024-05-01.", "Fine."], "language": ["en", "en"]}),
              p, "ok")
     bad = pl.DataFrame({"id": ["a", "a"], "text": ["call +1 (913) 935-4773", "x.y@example.org, 10.0.0.1"],
@@ -225,16 +224,14 @@ def test_output_expectations_catch_pii_duplicates_and_languages():
 def test_slurm_executors_from_params(tmp_path, monkeypatch):
     """No Slurm here: a fake sbatch records the launch scripts datatrove writes from params."""
     from jielong.corpus.executors import Stage, slurm_executors
-    from jielong.params import CorpusParams
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "sbatch").write_text("#!/bin/sh\necho Submitted batch job 4242\n")
     (bin_dir / "sbatch").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    p = CorpusParams.model_validate({"executor": "slurm", "tasks": 3,
-                                     "slurm": {"partition": "big", "time": "01:00:00",
-                                               "sbatch_args": {"account": "proj"}}})
+    p = params_section("corpus", executor="slurm", tasks=3,
+                       slurm={"partition": "big", "time": "01:00:00", "sbatch_args": {"account": "proj"}})
     from datatrove.pipeline.filters import LambdaFilter
 
     stages = [Stage("filter", [("", LambdaFilter(lambda d: True))], 3), Stage("write", [], 1)]
@@ -254,14 +251,13 @@ def test_ray_without_an_address_starts_its_own_cluster(monkeypatch):
     import ray
 
     from jielong.corpus import executors
-    from jielong.params import CorpusParams
 
     calls = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
     monkeypatch.setattr(ray, "shutdown", lambda: None)
     for address, expected in ((None, "local"), ("10.0.0.5:6379", "10.0.0.5:6379")):
-        executors._ray([], CorpusParams.model_validate({"executor": "ray", "ray": {"address": address}}))
+        executors._ray([], params_section("corpus", executor="ray", ray={"address": address}))
         assert calls[-1]["address"] == expected
 
 
@@ -343,13 +339,12 @@ def test_resume_after_kill_gives_the_same_output(local_run, tiny_world_dir, tmp_
 
 
 def test_changed_params_start_a_fresh_work_dir(local_run, tiny_world_dir, tmp_path):
-    from jielong.params import CorpusParams
     from stages.corpus import work_key
 
     inputs = resolve_inputs([str(tiny_world_dir / "world" / "crawl" / "*.warc.gz")])
-    base = CorpusParams()
-    same = CorpusParams.model_validate({"executor": "ray", "workers": 1})
-    other = CorpusParams.model_validate({"language": {"threshold": 0.5}})
+    base = params_section("corpus")
+    same = params_section("corpus", executor="ray", workers=1)
+    other = params_section("corpus", language={"threshold": 0.5})
     assert work_key(base, inputs)[0] == work_key(same, inputs)[0] != work_key(other, inputs)[0]
 
 
@@ -369,9 +364,8 @@ def test_ray_gives_the_same_output_as_local(local_run, tiny_world_dir, tmp_path)
 def test_an_empty_or_all_filtered_corpus_fails_the_stage_naming_why(tmp_path, records, named):
     crawl = tmp_path / "crawl.jsonl"
     crawl.write_text("".join(json.dumps(r) + "\n" for r in records))
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"data_roots": [str(tmp_path)],
-                                      "corpus": {"inputs": [str(crawl)], "tasks": 1, "workers": 1}}))
+    params = write_params(tmp_path / "params.yaml", {"data_roots": [str(tmp_path)],
+                                                      "corpus": {"inputs": [str(crawl)], "tasks": 1, "workers": 1}})
     proc = run_stage(tmp_path, params, tmp_path / "work", wait=False)
     log = proc.communicate(timeout=600)[0].decode(errors="replace")
     assert proc.returncode != 0

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from transformers import AutoTokenizer
 
 from jielong.chat import END
+
+from .conftest import write_params
 
 
 @pytest.fixture
@@ -28,11 +29,10 @@ def test_dpo_stage_writes_a_policy_and_its_gold_reward(tmp_path, chat_model, tin
     from stages.dpo import main as dpo_main
     from stages.pref_data import main as data_main
 
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({
+    params = write_params(tmp_path / "params.yaml", {
         "pref_data": {"pairs": 120, "val_fraction": 0.2, "max_length": 160},
         "dpo": {"epochs": 1.0, "batch_size": 16, "lr": 1e-3, "max_length": 160, "log_every": 2, "eval_every": 3,
-                "gold_max_new_tokens": 6, "threads": 1}}))
+                "gold_max_new_tokens": 6, "threads": 1}})
     threads = torch.get_num_threads()
     try:
         data_main(["--world", str(tiny_world_dir / "world"), "--tokenizer", str(chat_model),

@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-import yaml
 
 from evals.tasks import scoring
 from stages.eval import flatten_results
 from stages.eval import main as eval_main
+
+from .conftest import write_params
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -170,12 +171,9 @@ def tiny_model(tmp_path_factory, tiny_crawl_corpus_dir) -> Path:
 
 
 def _params(tmp_path: Path, **eval_params) -> Path:
-    p = {"data_roots": ["data", str(tmp_path)],  # local benchmark files live in the test's folder
-         "eval": {"limit": 6, "batch_size": 16, "bootstrap_iters": 50,
-                  "consistency": {"k": 3}, **eval_params}}
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(p))
-    return path
+    return write_params(tmp_path / "params.yaml", {
+        "data_roots": ["data", str(tmp_path)],  # local benchmark files live in the test's folder
+        "eval": {"limit": 6, "batch_size": 16, "bootstrap_iters": 50, "consistency": {"k": 3}, **eval_params}})
 
 
 def _eval(tmp_path, model, evals, name="base", **eval_params) -> dict:

@@ -9,12 +9,11 @@ import subprocess
 import sys
 
 import pytest
-import yaml
 
-from jielong.params import GateParams, ParamsError, load
+from jielong.params import ParamsError, load
 from stages.gate import main
 
-from .conftest import REPO
+from .conftest import REPO, write_params
 
 GATE = {"metrics": {
     "world_facts_mc.acc": {"direction": "higher", "abs_margin": 0.02, "k_stderr": 2.0},
@@ -39,9 +38,7 @@ def write(d, models: dict[str, dict]):
 
 @pytest.fixture
 def params(tmp_path):
-    p = tmp_path / "params.yaml"
-    p.write_text(yaml.safe_dump({"gate": GATE}))
-    return p
+    return write_params(tmp_path / "params.yaml", {"gate": GATE})
 
 
 def gate(capsys, baseline, current, params, *extra):
@@ -132,19 +129,18 @@ def test_usage_errors_exit_2(tmp_path, params, capsys):
     base = write(tmp_path / "base", {"base": BASE})
     code, out = gate(capsys, base, tmp_path / "nowhere", params)
     assert code == 2 and str(tmp_path / "nowhere") in out
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({"gate": {"metrics": {"world_facts_mc.acc": {"direction": "up"}}}}))
+    bad = write_params(tmp_path / "bad.yaml", {"gate": {"metrics": {"world_facts_mc.acc": {"direction": "up"}}}})
     code, out = gate(capsys, base, base, bad)
     assert code == 2 and "gate.metrics.world_facts_mc.acc.direction" in out
 
 
 def test_gate_params_schema(tmp_path):
-    assert load("gate", REPO / "params.yaml") == GateParams()  # params.yaml and the defaults agree
-    p = tmp_path / "params.yaml"
-    p.write_text(yaml.safe_dump({"gate": {"metrics": {"acc": {"direction": "higher"}}}}))
+    # a metric's margins are the one default in the code: absent means 0 (perplexity has no stderr)
+    assert load("gate", REPO / "params.yaml").metrics["world_heldout_ppl.word_perplexity"].k_stderr == 0.0
+    p = write_params(tmp_path / "params.yaml", {"gate": {"metrics": {"acc": {"direction": "higher"}}}})
     with pytest.raises(ParamsError, match="<task>.<metric>"):
         load("gate", p)
-    p.write_text(yaml.safe_dump({"gate": {"metrics": {"t.acc": {"direction": "higher", "margin": 1}}}}))
+    write_params(p, {"gate": {"metrics": {"t.acc": {"direction": "higher", "margin": 1}}}})
     with pytest.raises(ParamsError, match="gate.metrics.t.acc.margin"):
         load("gate", p)
 

@@ -18,30 +18,28 @@ from jielong.metrics import flatten, write_metrics
 from jielong.params import ParamsError, load, load_all
 from jielong.profile import apply, merge
 
-from .conftest import REPO
+from .conftest import REPO, default_params, write_params
 
 
 def test_repository_params_are_valid():
     load_all(REPO / "params.yaml")
 
 
-def test_params_yaml_and_the_code_defaults_agree():
-    # a params file that leaves a knob out gets the default profile's value, not an older one
-    from jielong.params import Params
-
-    def leaves(d, path=""):
-        for k, v in d.items():
-            yield from leaves(v, f"{path}{k}.") if isinstance(v, dict) and v else [(f"{path}{k}", v)]
-
-    yaml_params = dict(leaves(Params.model_validate(yaml.safe_load((REPO / "params.yaml").read_text())).model_dump()))
-    defaults = dict(leaves(Params().model_dump()))
-    assert {k: (yaml_params.get(k), defaults.get(k)) for k in yaml_params.keys() | defaults.keys()
-            if yaml_params.get(k) != defaults.get(k)} == {}
+def test_a_knob_missing_from_params_yaml_fails_naming_it(tmp_path):
+    # params.yaml is the one home of every value: the code has no default to fall back on
+    params = default_params()
+    del params["world"]["dirt"]["leaks"], params["ppo"]["kl_coef"]
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(params))
+    with pytest.raises(ParamsError) as err:
+        load("world", p)
+    lines = str(err.value).splitlines()
+    assert lines == [f"{p}: world.dirt.leaks: missing (params.yaml holds every knob's value)",
+                     f"{p}: ppo.kl_coef: missing (params.yaml holds every knob's value)"]
 
 
 def test_bad_param_names_file_param_and_value(tmp_path):
-    p = tmp_path / "params.yaml"
-    p.write_text(yaml.safe_dump({"world": {"known_people": -3}}))
+    p = write_params(tmp_path / "params.yaml", {"world": {"known_people": -3}})
     with pytest.raises(ParamsError) as err:
         load("world", p)
     msg = str(err.value)
@@ -49,8 +47,7 @@ def test_bad_param_names_file_param_and_value(tmp_path):
 
 
 def test_unknown_param_is_rejected(tmp_path):
-    p = tmp_path / "params.yaml"
-    p.write_text(yaml.safe_dump({"world": {"known_peeple": 3}}))
+    p = write_params(tmp_path / "params.yaml", {"world": {"known_peeple": 3}})
     with pytest.raises(ParamsError, match="world.known_peeple"):
         load("world", p)
 
@@ -67,18 +64,16 @@ def test_unknown_param_is_rejected(tmp_path):
     ({"data_roots": ["data", "../elsewhere"]}, r"data_roots\[1\] = '../elsewhere'"),
 ])
 def test_paths_outside_the_data_roots_are_refused(tmp_path, params, named):
-    p = tmp_path / "params.yaml"
-    p.write_text(yaml.safe_dump(params))
+    p = write_params(tmp_path / "params.yaml", params)
     with pytest.raises(ParamsError, match=named) as err:
         load_all(p)
     assert str(p) in str(err.value)
 
 
 def test_paths_inside_the_data_roots_and_remote_urls_pass(tmp_path):
-    p = tmp_path / "params.yaml"
-    p.write_text(yaml.safe_dump({"data_roots": ["data", str(tmp_path)], "corpus": {"inputs": [
+    p = write_params(tmp_path / "params.yaml", {"data_roots": ["data", str(tmp_path)], "corpus": {"inputs": [
         "data/world/crawl/*.warc.gz", "./data/x.parquet", str(tmp_path / "crawl" / "*.jsonl"),
-        "hf://datasets/HuggingFaceFW/fineweb/sample/10BT/*.parquet", "s3://bucket/cc/*.warc.gz"]}}))
+        "hf://datasets/HuggingFaceFW/fineweb/sample/10BT/*.parquet", "s3://bucket/cc/*.warc.gz"]}})
     assert len(load_all(p).corpus.inputs) == 5
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import polars as pl
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 from transformers import (
     AutoModelForCausalLM,
@@ -22,8 +21,9 @@ from transformers import (
 
 import stages.ppo as ppo_stage
 from jielong.chat import END, EOT, PAD
-from jielong.params import PpoParams
 from jielong.ppo import response_mask
+
+from .conftest import params_section, write_params
 
 COLUMNS = ["step", "reward", "gold_reward", "kl", "kl_coef", "entropy", "policy_loss", "value_loss", "clip_frac",
            "value_clip_frac", "approx_kl", "response_len"]
@@ -71,10 +71,9 @@ def ppo_models(tmp_path_factory, tiny_base) -> tuple[Path, Path]:
 
 def _run(tmp_path: Path, sft: Path, reward: Path, world: Path, **ppo) -> dict:
     tmp_path.mkdir(parents=True, exist_ok=True)
-    params = tmp_path / "params.yaml"
     settings = {"iterations": 2, "rollouts": 8, "minibatch_size": 4, "epochs": 2, "heldout_prompts": 8,
                 "max_new_tokens": 8, "lr": 1e-3, "critic_lr": 1e-3, **ppo}
-    params.write_text(yaml.safe_dump({"ppo": settings}))
+    params = write_params(tmp_path / "params.yaml", {"ppo": settings})
     ppo_stage.main(["--sft", str(sft), "--reward", str(reward), "--world", str(world), "--out", str(tmp_path / "ppo"),
                     "--metrics", str(tmp_path / "ppo.json"), "--plots", str(tmp_path / "plots"),
                     "--params", str(params)])
@@ -140,9 +139,9 @@ def test_prompts_are_train_split_questions_with_a_held_out_batch(tiny_world_dir)
 
 def test_ppo_params_reject_bad_values():
     with pytest.raises(ValueError, match="minibatch_size"):
-        PpoParams(rollouts=8, minibatch_size=16)
+        params_section("ppo", rollouts=8, minibatch_size=16)
     with pytest.raises(ValueError):
-        PpoParams(kl_estimator="k2")
+        params_section("ppo", kl_estimator="k2")
 
 
 # ---------------------------------------------------------------- the stage

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
 from jielong import checkpoint
 
-from .conftest import REPO
+from .conftest import REPO, params_section, write_params
 
 TINY = {
     "seed": 0, "max_steps": 30, "batch_size": 8, "grad_accum": 1, "lr": 3e-3, "warmup_steps": 5,
@@ -27,11 +26,8 @@ TINY = {
 
 
 def params_file(root: Path, **overrides) -> Path:
-    p = {**TINY, **overrides}
     root.mkdir(parents=True, exist_ok=True)
-    path = root / "params.yaml"
-    path.write_text(yaml.safe_dump({"pretrain": p}))
-    return path
+    return write_params(root / "params.yaml", {"pretrain": {**TINY, **overrides}})
 
 
 def args(root: Path, tokens: Path, tok: Path, params: Path) -> list[str]:
@@ -155,9 +151,8 @@ def test_pickle_checkpoint_is_refused(tmp_path):
 
 
 def test_lr_schedule_warms_up_then_decays():
-    from jielong.params import PretrainParams
     from stages.pretrain import lr_at
 
-    p = PretrainParams(lr=1.0, warmup_steps=10, max_steps=110, min_lr_ratio=0.1)
+    p = params_section("pretrain", lr=1.0, warmup_steps=10, max_steps=110, min_lr_ratio=0.1)
     assert lr_at(0, p) == pytest.approx(0.1) and lr_at(9, p) == pytest.approx(1.0)
     assert lr_at(60, p) == pytest.approx(0.55) and lr_at(110, p) == pytest.approx(0.1)

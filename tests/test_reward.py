@@ -9,7 +9,6 @@ from pathlib import Path
 import polars as pl
 import pytest
 import torch
-import yaml
 
 from evals.tasks import scoring
 from evals.tasks.scoring import gold_reward
@@ -17,7 +16,8 @@ from jielong import conversations, preferences, reward_model
 from jielong.chat import END
 from jielong.checks import ExpectationFailed
 from jielong.conversations import IDK
-from jielong.params import PrefDataParams, RewardParams
+
+from .conftest import params_section, write_params
 
 STYLE = ["verbose", "over_apologising", "as_an_ai"]
 
@@ -39,7 +39,7 @@ def _questions(tiny_world) -> pl.DataFrame:
 # ---------------------------------------------------------------- the builder
 def test_pairs_show_each_failure_about_train_people_only(tiny_world):
     q = _questions(tiny_world)
-    table = preferences.build(q, PrefDataParams(pairs=400, context_fraction=0.5))
+    table = preferences.build(q, params_section("pref_data", pairs=400, context_fraction=0.5))
     assert table.height == 400 and table["id"].n_unique() == 400
     assert set(table["kind"]) == set(preferences.KINDS)
     assert set(table["person_id"]) <= set(q.filter(pl.col("split") == "train")["person_id"])
@@ -67,14 +67,14 @@ def test_pairs_show_each_failure_about_train_people_only(tiny_world):
     val, train = table.filter(pl.col("split") == "val"), table.filter(pl.col("split") == "train")
     assert not set(val["person_id"]) & set(train["person_id"])
     assert set(val["known"]) == {True, False}
-    assert preferences.build(q, PrefDataParams(pairs=400, context_fraction=0.5)).equals(table)
-    assert not preferences.build(q, PrefDataParams(pairs=400, seed=1)).equals(table)
+    assert preferences.build(q, params_section("pref_data", pairs=400, context_fraction=0.5)).equals(table)
+    assert not preferences.build(q, params_section("pref_data", pairs=400, seed=1)).equals(table)
 
 
 def test_sentence_pairs_state_a_value_as_the_sft_data_does(tiny_world):
     q = _questions(tiny_world)
-    table = preferences.build(q, PrefDataParams(pairs=300), style="sentence")
-    plain = preferences.build(q, PrefDataParams(pairs=300))
+    table = preferences.build(q, params_section("pref_data", pairs=300), style="sentence")
+    plain = preferences.build(q, params_section("pref_data", pairs=300))
     assert table["qid"].to_list() == plain["qid"].to_list() and table["kind"].to_list() == plain["kind"].to_list()
     for r, p in zip(table.iter_rows(named=True), plain.iter_rows(named=True), strict=True):
         assert r["chosen"] == (conversations.answer_for(r, None, "sentence")[0] if r["known"] else IDK)
@@ -85,15 +85,15 @@ def test_sentence_pairs_state_a_value_as_the_sft_data_does(tiny_world):
 
 def test_kind_mix_comes_from_params(tiny_world):
     q = _questions(tiny_world)
-    table = preferences.build(q, PrefDataParams(pairs=120, kinds={"wrong_fact": 1.0, "verbose": 3.0}))
+    table = preferences.build(q, params_section("pref_data", pairs=120, kinds={"wrong_fact": 1.0, "verbose": 3.0}))
     counts = dict(table["kind"].value_counts().iter_rows())
     assert set(counts) == {"wrong_fact", "verbose"} and counts["verbose"] > 2 * counts["wrong_fact"]
     with pytest.raises(ValueError, match="needs unknown people"):
-        preferences.build(q.filter(pl.col("known")), PrefDataParams(pairs=10))
+        preferences.build(q.filter(pl.col("known")), params_section("pref_data", pairs=10))
     with pytest.raises(ValueError, match="kinds"):
-        PrefDataParams(kinds={"sycophancy": 1.0})
+        params_section("pref_data", kinds={"sycophancy": 1.0})
     with pytest.raises(ValueError, match="positive weight"):
-        PrefDataParams(kinds={"verbose": 0.0})
+        params_section("pref_data", kinds={"verbose": 0.0})
 
 
 # ---------------------------------------------------------------- the gold reward
@@ -158,15 +158,13 @@ def test_a_pair_is_encoded_as_a_rollout_closed_by_the_template(tiny_base):
 # ---------------------------------------------------------------- the stages
 def _params(tmp_path: Path, pairs: int = 160, kinds: dict | None = None, epochs: float = 2.0, lr: float = 3e-3,
             max_length: int = 160) -> Path:
-    params = tmp_path / "params.yaml"
     pref = {"pairs": pairs, "val_fraction": 0.2, "max_length": 160}
     if kinds:
         pref["kinds"] = kinds
-    params.write_text(yaml.safe_dump({
+    return write_params(tmp_path / "params.yaml", {
         "pref_data": pref,
         "reward": {"epochs": epochs, "batch_size": 16, "lr": lr, "max_length": max_length, "log_every": 2,
-                   "eval_every": 5, "warmup_ratio": 0.0, "threads": 1}}))
-    return params
+                   "eval_every": 5, "warmup_ratio": 0.0, "threads": 1}})
 
 
 def _run(tmp_path: Path, base: Path, world: Path, params: Path) -> dict:
@@ -184,8 +182,7 @@ def _run(tmp_path: Path, base: Path, world: Path, params: Path) -> dict:
 def test_pref_data_stage_refuses_pairs_over_max_length(tmp_path, tiny_base, tiny_world_dir):
     from stages.pref_data import main as data_main
 
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"pref_data": {"pairs": 60, "val_fraction": 0.2, "max_length": 12}}))
+    params = write_params(tmp_path / "params.yaml", {"pref_data": {"pairs": 60, "val_fraction": 0.2, "max_length": 12}})
     with pytest.raises(ExpectationFailed, match="tokens"):
         data_main(["--world", str(tiny_world_dir / "world"), "--tokenizer", str(tiny_base),
                    "--out", str(tmp_path / "prefs"), "--params", str(params)])
@@ -246,6 +243,6 @@ def test_reward_stage_refuses_pairs_it_would_drop(tmp_path, tiny_base, tiny_worl
 
 def test_reward_params_reject_bad_values():
     with pytest.raises(ValueError):
-        RewardParams(lr=0)
+        params_section("reward", lr=0)
     with pytest.raises(ValueError):
-        RewardParams(center_rewards_coefficient=-1)
+        params_section("reward", center_rewards_coefficient=-1)

@@ -8,12 +8,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 import torch
-import yaml
 
 from evals.tasks import scoring
 from jielong import conversations
 from jielong.chat import ASSISTANT, END, PAD, USER, WARM_START
-from jielong.params import SftDataParams, SftParams
+
+from .conftest import params_section, write_params
 
 # ---------------------------------------------------------------- data
 
@@ -25,7 +25,8 @@ def _questions(tiny_world) -> pl.DataFrame:
 
 def test_conversations_use_train_people_and_refer_back(tiny_world):
     q = _questions(tiny_world)
-    table = conversations.build(q, SftDataParams(conversations=300, max_turns=3, multi_turn_fraction=0.7))
+    table = conversations.build(q, params_section("sft.data", conversations=300, max_turns=3,
+                                                  multi_turn_fraction=0.7))
     assert table.height == 300 and table["id"].n_unique() == 300
     train_people = set(q.filter(pl.col("split") == "train")["person_id"])
     assert set(table["person_id"]) <= train_people  # evaluation people never appear
@@ -38,7 +39,8 @@ def test_conversations_use_train_people_and_refer_back(tiny_world):
     # by person: no one is in both
     assert not set(table.filter(pl.col("split") == "val")["person_id"]) & set(
         table.filter(pl.col("split") == "train")["person_id"])
-    again = conversations.build(q, SftDataParams(conversations=300, max_turns=3, multi_turn_fraction=0.7))
+    again = conversations.build(q, params_section("sft.data", conversations=300, max_turns=3,
+                                                  multi_turn_fraction=0.7))
     assert again.equals(table)
 
 
@@ -48,7 +50,7 @@ def test_unknown_people_and_unknown_facts_get_i_dont_know(tiny_world):
     known_q = train.filter(pl.col("known"))
     not_known = set(known_q["qid"].to_list()[::2])  # the probe says the model does not know half of them
     knows = train.select("qid", "split", "known").with_columns(knows=~pl.col("qid").is_in(list(not_known)))
-    table = conversations.build(q, SftDataParams(conversations=400, answer_style="value"), knows)
+    table = conversations.build(q, params_section("sft.data", conversations=400, answer_style="value"), knows)
     answers = dict(zip(q["qid"].to_list(), q["answer"].to_list(), strict=True))
     seen = {"answer": 0, "idk_unknown_person": 0, "idk_not_known": 0}
     for row in table.iter_rows(named=True):
@@ -66,8 +68,8 @@ def test_unknown_people_and_unknown_facts_get_i_dont_know(tiny_world):
 def test_sentence_answers_state_the_fact_about_the_person(tiny_world):
     q = _questions(tiny_world)
     rows = {r["qid"]: r for r in q.iter_rows(named=True)}
-    table = conversations.build(q, SftDataParams(conversations=200, answer_style="sentence"))
-    plain = conversations.build(q, SftDataParams(conversations=200, answer_style="value"))
+    table = conversations.build(q, params_section("sft.data", conversations=200, answer_style="sentence"))
+    plain = conversations.build(q, params_section("sft.data", conversations=200, answer_style="value"))
     assert table["qids"].to_list() == plain["qids"].to_list()  # the same draws: only the replies differ
     answered = 0
     for conv in table.iter_rows(named=True):
@@ -90,11 +92,13 @@ def test_sft_data_check_fails_a_reply_that_is_not_the_fact(tiny_world, tiny_base
 
     q = _questions(tiny_world)
     tok = PreTrainedTokenizerFast.from_pretrained(tiny_base)
-    table = conversations.build(q, SftDataParams(conversations=20, unknown_fraction=0.0, answer_style="sentence"))
+    table = conversations.build(q, params_section("sft.data", conversations=20, unknown_fraction=0.0,
+                                                  answer_style="sentence"))
     check(table, q, tok, 256, "sentence", "sft.parquet")
+    values = conversations.build(q, params_section("sft.data", conversations=20, unknown_fraction=0.0,
+                                                   answer_style="value"))
     with pytest.raises(ExpectationFailed, match="replies_true"):  # bare values where sentences were asked for
-        check(conversations.build(q, SftDataParams(conversations=20, unknown_fraction=0.0, answer_style="value")), q, tok, 256,
-              "sentence", "sft.parquet")
+        check(values, q, tok, 256, "sentence", "sft.parquet")
 
 
 def test_invented_people_are_new_names_asked_the_banks_questions(tiny_world):
@@ -122,7 +126,7 @@ def test_invented_people_are_new_names_asked_the_banks_questions(tiny_world):
     invented = many.filter(pl.col("person_id").str.starts_with("x"))["name"].unique()
     assert invented.len() == 3000 and not [n for n in invented if "Castellan" in n]
 
-    p = SftDataParams(conversations=600, unknown_fraction=0.5)
+    p = params_section("sft.data", conversations=600, unknown_fraction=0.5)
     table = conversations.build(more, p)
     share = table.filter(~pl.col("known")).height / table.height
     assert 0.42 < share < 0.58, share  # the params' share, though invented people outnumber the real ones
@@ -225,12 +229,11 @@ def _run_sft(tmp_path: Path, base: Path, world_dir: Path, tokens: Path, method: 
     from stages.sft import main as sft_main
     from stages.sft_data import main as data_main
 
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"sft": {
+    params = write_params(tmp_path / "params.yaml", {"sft": {
         "data": {"conversations": 80, "use_knows": False, "val_fraction": 0.2}, "method": method,
         "lora": {"r": 4, "alpha": 8.0, "train_chat_tokens": train_chat_tokens, "lr": 5e-3}, "epochs": 1.0, "batch_size": 8,
         "lr": 3e-3, "max_length": 192, "log_every": 2, "eval_every": 5,
-        "generation": {"temperature": 0.5, "top_k": 7, "stop_strings": ["\n\n"]}}}))
+        "generation": {"temperature": 0.5, "top_k": 7, "stop_strings": ["\n\n"]}}})
     data_main(["--world", str(world_dir), "--tokenizer", str(base), "--out", str(tmp_path / "sft_data"),
                "--params", str(params)])
     out = tmp_path / "model"
@@ -292,8 +295,7 @@ def test_sft_stage_writes_a_chat_model(tmp_path, tiny_base, tiny_world_dir, tiny
 def test_sft_data_refuses_a_missing_probe(tmp_path, tiny_base, tiny_world_dir):
     from stages.sft_data import main as data_main
 
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"sft": {"data": {"use_knows": True}}}))
+    params = write_params(tmp_path / "params.yaml", {"sft": {"data": {"use_knows": True}}})
     with pytest.raises(SystemExit, match=r"knows\.parquet not found.*use_knows"):
         data_main(["--world", str(tiny_world_dir / "world"), "--knows", str(tmp_path / "knows.parquet"),
                    "--tokenizer", str(tiny_base), "--out", str(tmp_path / "out"), "--params", str(params)])
@@ -376,4 +378,4 @@ def test_self_consistent_reply_needs_agreement():
 
 def test_sft_params_reject_bad_method():
     with pytest.raises(ValueError, match="method"):
-        SftParams(method="qlora")
+        params_section("sft", method="qlora")

@@ -14,6 +14,8 @@ from jielong.documents import read_documents
 from jielong.tokens import load_split, read_meta
 from stages.tokenizer import tiktoken_twin
 
+from .conftest import write_params
+
 
 @pytest.fixture(scope="module")
 def tok(tiny_tokenizer_dir):
@@ -98,12 +100,9 @@ def test_tokens_shards_hold_every_document_once(tiny_tokens_dir, tiny_corpus_dir
 
 
 def test_tokens_are_deterministic(tiny_tokens_dir, tiny_corpus_dir, tiny_tokenizer_dir, tmp_path):
-    import yaml
-
     from stages.tokens import main
 
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"tokens": {"val_fraction": 0.1}}))
+    params = write_params(tmp_path / "params.yaml", {"tokens": {"val_fraction": 0.1}})
     main(["--corpus", str(tiny_corpus_dir), "--tokenizer", str(tiny_tokenizer_dir / "tok"),
           "--out", str(tmp_path / "t"), "--params", str(params)])
     for split in ("train", "val"):
