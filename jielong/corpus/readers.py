@@ -13,7 +13,8 @@ stats (`skipped_<reason>`), so the funnel accounts for every record:
 
     too_large        longer than corpus.max_doc_bytes (read no further than its header)
     undecodable      bytes that are neither UTF-8 nor an encoding cchardet can decode
-    not_html         a WARC response whose payload is not HTML (images, PDFs, ...)
+    not_html         a WARC response whose payload is not HTML (images, PDFs, ...): as its
+                     WARC-Identified-Payload-Type says, else its HTTP Content-Type, else libmagic
     malformed        a JSONL line that is not a JSON object; a WARC record warcio cannot parse
     no_text          no (or empty) `text_key`
     truncated_file   a gzip that ends early: what came before is kept, the rest cannot be read
@@ -170,15 +171,15 @@ class WarcInput(_ResolvedFiles, WarcReader):
         if length > self.max_doc_bytes:
             self.count_skip("too_large", filepath, f"{length} bytes")
             return None
-        mime = record.rec_headers.get_header("WARC-Identified-Payload-Type")
+        mime, said_by = payload_type(record)
         content = record.content_stream().read()
-        if mime is None:
+        if mime is None:  # neither the crawler nor the server named a type: sniff the bytes
             import magic
 
-            mime = magic.from_buffer(content[:8192], mime=True)
+            mime, said_by = magic.from_buffer(content[:8192], mime=True), "libmagic"
         is_text = record.rec_type == "conversion" and mime == "text/plain"
         if mime not in HTML_TYPES and not is_text:
-            self.count_skip("not_html", filepath, mime)
+            self.count_skip("not_html", filepath, f"{mime} (by {said_by})")
             return None
         text = decode(content)
         if text is None:
@@ -267,6 +268,34 @@ class ParquetInput(_ResolvedFiles, ParquetReader):
 
 
 # ---------------------------------------------------------------- helpers
+def payload_type(record) -> tuple[str | None, str]:
+    """The media type a WARC record declares for its payload, and who declared it: the crawler's
+    WARC-Identified-Payload-Type (Common Crawl sniffs every payload), else the server's HTTP
+    Content-Type (wget, warcio, Heritrix write no payload type); (None, "") when neither names one.
+
+    datatrove's process_record goes from the payload type straight to libmagic, which calls an HTML
+    fragment, a page behind 5 kB of whitespace or a comment banner "text/plain" and XHTML "text/xml",
+    so pages their server labelled text/html were lost as not_html.
+    """
+    identified = media_type(record.rec_headers.get_header("WARC-Identified-Payload-Type"))
+    if identified:
+        return identified, "WARC-Identified-Payload-Type"
+    served = media_type(record.http_headers.get_header("Content-Type")) if record.http_headers else None
+    return (served, "Content-Type") if served else (None, "")
+
+
+def media_type(value: str | None) -> str | None:
+    """`Text/HTML; charset=UTF-8` -> `text/html`; None for a missing, empty or malformed value.
+
+    Written out because warcio hands back the raw header and the standard library's parser
+    (email.message.Message.get_content_type) turns a malformed value into "text/plain", where the
+    bytes should be sniffed instead.
+    """
+    mime = re.split(r"[;,]", value or "", maxsplit=1)[0].strip().lower()  # "," : a header sent twice
+    kind, _, sub = mime.partition("/")
+    return mime if kind and sub and " " not in mime else None
+
+
 def decode(content: bytes) -> str | None:
     """UTF-8, else what cchardet detects (as datatrove does); None when neither decodes."""
     try:
