@@ -31,7 +31,7 @@ import hashlib
 import numpy as np
 import polars as pl
 
-from evals.tasks.scoring import statement
+from jielong.grading import statement
 
 # "do not", not "don't": the corpus has next to no contractions, so the tokenizer splits "don't" into
 # " d" "on" "'" "t", four pieces the base model never put together; SFT models then answered "I dont
@@ -51,7 +51,7 @@ def follow_up(question: str, name: str, pronoun: str, rng: np.random.Generator) 
 
 def stated(row: dict, style: str = "value") -> str:
     """`row`'s answer as a reply in `style`: "value" "Lisbon"; "sentence" "Ada Dunmore was born in
-    Lisbon.", the crawl's own sentence (evals/tasks/scoring.py STATEMENTS)."""
+    Lisbon.", the crawl's own sentence (jielong/grading.py STATEMENTS)."""
     return statement(row) if style == "sentence" else row["answer"]
 
 

@@ -407,7 +407,7 @@ class GateMetric(Section):
 
 
 class GateParams(Section):
-    """The CI gate on eval regressions (stages/gate.py, a command, not a dvc stage)."""
+    """The CI gate on eval regressions (jielong/gate.py, a command, not a dvc stage)."""
 
     # `<task>.<metric>` of metrics/eval/<model>.json -> its rule, checked on every model on both sides
     metrics: dict[str, GateMetric]

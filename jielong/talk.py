@@ -15,6 +15,7 @@ continues the raw text. --prompts reads a .txt (one prompt per line) or .jsonl (
 if at least --agreement of them give it, else "I do not know." (README: on the default SFT model,
 K 5 and agreement 0.6 at its own sampling defaults abstained on 0.69 of never-seen people's questions
 against greedy's 0.64, and answered 2.4 points fewer known facts).
+Generation itself is jielong/generation.py, which the stages share; this file is the command line.
 """
 
 from __future__ import annotations
@@ -26,25 +27,10 @@ import threading
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, TextIteratorStreamer
+from transformers import GenerationConfig, TextIteratorStreamer
 
 from jielong.chat import is_chat_tokenizer
-from jielong.conversations import IDK  # the abstention SFT teaches
-
-
-def load(model_dir: Path, device: str):
-    if not (model_dir / "config.json").exists():
-        raise SystemExit(f"talk: {model_dir} is not a Hugging Face model directory (no config.json)")
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    architectures = json.loads((model_dir / "config.json").read_text()).get("architectures") or []
-    if architectures and not set(architectures) & set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()):
-        # transformers would load a reward model's body under a fresh LM head and generate from it
-        raise SystemExit(f"talk: {model_dir} is a {architectures[0]}, not a language model that generates text")
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    tok.padding_side = "left"  # batched generation continues every row from its last real token
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
-    return tok, model
+from jielong.generation import encode, generate_batch, load, self_consistent_batch, trim
 
 
 def sampling(model, args) -> GenerationConfig:
@@ -66,53 +52,6 @@ def sampling(model, args) -> GenerationConfig:
 
 def is_chat(tok, mode: str) -> bool:
     return mode == "chat" or (mode == "auto" and is_chat_tokenizer(tok))
-
-
-def encode(tok, chat: bool, item: str | list[dict]) -> str:
-    if not chat:
-        return item if isinstance(item, str) else "".join(m["content"] for m in item)
-    messages = [{"role": "user", "content": item}] if isinstance(item, str) else item
-    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-
-def trim(text: str, stops: list[str] | None) -> str:
-    """The reply up to its first stop string (generate stops after one but keeps it)."""
-    for stop in stops or []:
-        if stop in text:
-            text = text[:text.index(stop)]
-    return text.strip()
-
-
-@torch.no_grad()
-def generate_batch(tok, model, config: GenerationConfig, prompts: list[str], batch_size: int) -> list[str]:
-    replies = []
-    for i in range(0, len(prompts), batch_size):
-        enc = tok(prompts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
-        enc = {k: v.to(model.device) for k, v in enc.items()}
-        out = model.generate(**enc, generation_config=config, tokenizer=tok)
-        for row in out[:, enc["input_ids"].shape[1]:]:
-            replies.append(trim(tok.decode(row, skip_special_tokens=True), config.stop_strings))
-    return replies
-
-
-def consistent_reply(samples: list[str], agreement: float) -> str:
-    """The source notes' test against hallucination, at answer time: the most common of the sampled
-    replies (compared as the eval's canonical forms, so every abstention is one answer) if at least
-    `agreement` of them give it and it is not an abstention; else "I do not know."."""
-    from evals.tasks import scoring
-
-    winner, share = scoring.majority(samples)
-    if winner == scoring.ABSTAIN or share < agreement:
-        return IDK
-    return next(s for s in samples if scoring.canonical(s) == winner)
-
-
-def self_consistent_batch(tok, model, config: GenerationConfig, prompts: list[str], k: int, agreement: float,
-                          batch_size: int) -> list[str]:
-    """consistent_reply over k sampled replies to each prompt."""
-    config = GenerationConfig.from_dict({**config.to_dict(), "do_sample": True})
-    samples = generate_batch(tok, model, config, [p for p in prompts for _ in range(k)], batch_size)
-    return [consistent_reply(samples[i * k:(i + 1) * k], agreement) for i in range(len(prompts))]
 
 
 def read_prompts(path: Path) -> list[str | list[dict]]:
@@ -241,7 +180,10 @@ def main(argv: list[str] | None = None) -> None:
     check_args(args)
     items = read_prompts(args.prompts) if args.prompts is not None else None
     torch.manual_seed(args.seed)
-    tok, model = load(args.model, args.device)
+    try:
+        tok, model = load(args.model, args.device)
+    except SystemExit as err:
+        raise SystemExit(f"talk: {err}") from None
     config = sampling(model, args)
     chat = is_chat(tok, args.mode)
     if args.self_consistency and not chat:

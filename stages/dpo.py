@@ -9,7 +9,7 @@ DPOTrainer does the work on the conversational pairs data/prefs holds.
 
 Before and after training, the SFT and the DPO model answer the held-out pairs' prompts (train-split
 people, never evaluation people) greedily, and each answer gets the world's gold reward
-(evals/tasks/scoring.gold_reward), so metrics/dpo.json shows what preference tuning did to the truth,
+(jielong/grading.gold_reward), so metrics/dpo.json shows what preference tuning did to the truth,
 not only to the preference loss. The eval stage then scores it on the evaluation people.
 Trainer checkpoints are pickles, never written here: a killed run starts over (minutes).
 """
@@ -28,15 +28,15 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerFast
 
-from evals.tasks import scoring
+from jielong import grading
 from jielong.chat import PAD
+from jielong.generation import encode as encode_prompt
+from jielong.generation import generate_batch
 from jielong.io import atomic_dir, write_csv
 from jielong.log import get_logger
 from jielong.metrics import write_metrics
 from jielong.model import save_tokenizer, validate_model
 from jielong.params import load
-from jielong.talk import encode as encode_prompt
-from jielong.talk import generate_batch
 from jielong.trainer import LogTo, training_args
 
 log = get_logger("dpo")
@@ -52,13 +52,13 @@ def pairs(path: Path) -> Dataset:
 
 @torch.no_grad()
 def gold_of(model, tok, prompts: list[list[dict]], docs: list[dict], max_new_tokens: int) -> float:
-    """Mean gold reward of the model's greedy answers to `prompts` (batched as the talk CLI does)."""
+    """Mean gold reward of the model's greedy answers to `prompts` (jielong.generation, as the talk CLI generates)."""
     model.eval()
     tok.padding_side = "left"
     config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=tok.eos_token_id,
                               pad_token_id=tok.convert_tokens_to_ids(PAD))
     replies = generate_batch(tok, model, config, [encode_prompt(tok, True, p) for p in prompts], batch_size=32)
-    return float(np.mean([scoring.gold_reward(reply, doc) for reply, doc in zip(replies, docs, strict=True)]))
+    return float(np.mean([grading.gold_reward(reply, doc) for reply, doc in zip(replies, docs, strict=True)]))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from jielong import grading
 from jielong.chat import END, is_chat_tokenizer
 from jielong.checks import expect, gx
 from jielong.io import atomic_dir, write_parquet
@@ -95,10 +96,8 @@ def reply_choices(doc: dict, style: str = "value") -> list[str]:
     and with `style` "sentence" stated about the person (" Ada Dunmore was born in Lisbon."): scored as
     " Lisbon", a model taught to answer in sentences ranked the true value first for 0.84 of the facts,
     scored as its own replies for 0.99."""
-    from evals.tasks import scoring
-
     if style == "sentence":
-        return [" " + scoring.statement(doc | {"answer": choice}) for choice in doc["choices"]]
+        return [" " + grading.statement(doc | {"answer": choice}) for choice in doc["choices"]]
     return [" " + choice for choice in doc["choices"]]
 
 
@@ -203,20 +202,18 @@ def knows_table(samples: list[dict], threshold: float, cloze: bool = False) -> p
     cloze: the answers are continuations of a cloze statement (consistency_train on the base model),
     compared by the attribute value they name; otherwise by their normalised first line.
     """
-    from evals.tasks import scoring
-
     rows = []
     for s in samples:
         doc, answers = s["doc"], list(s["filtered_resps"][0])
         if cloze:
-            (majority, agreement), none = scoring.cloze_majority(answers, doc), scoring.NO_VALUE
+            (majority, agreement), none = grading.cloze_majority(answers, doc), grading.NO_VALUE
         else:
-            (majority, agreement), none = scoring.majority(answers, doc), scoring.ABSTAIN
-        correct = majority != none and (scoring.names_answer(majority, doc) if cloze
-                                        else majority in scoring.reference_answers(doc))
+            (majority, agreement), none = grading.majority(answers, doc), grading.ABSTAIN
+        correct = majority != none and (grading.names_answer(majority, doc) if cloze
+                                        else majority in grading.reference_answers(doc))
         rows.append({"qid": doc["qid"], "person_id": doc["person_id"], "known": doc["known"],
                      "split": doc["split"], "attribute": doc["attribute"], "question": doc["question"],
-                     "answer": doc["answer"], "answers": [scoring.first_line(a) for a in answers],
+                     "answer": doc["answer"], "answers": [grading.first_line(a) for a in answers],
                      "majority": majority, "agreement": agreement, "correct": correct,
                      # consistent and not a refusal: the model has an answer (right or wrong) it keeps giving
                      "knows": agreement >= threshold and majority != none})
@@ -225,13 +222,11 @@ def knows_table(samples: list[dict], threshold: float, cloze: bool = False) -> p
 
 def auroc_stderr(knows: pl.DataFrame, iters: int, seed: int) -> float | None:
     """Bootstrap standard error of the agreement->correctness AUROC (lm-eval has none for it)."""
-    from evals.tasks import scoring
-
     if iters == 0 or knows.height < 2:
         return None
     pairs = list(zip(knows["agreement"].to_list(), knows["correct"].to_list(), strict=True))
     rng = np.random.default_rng(seed)
-    draws = [scoring.auroc([pairs[i] for i in rng.integers(0, len(pairs), len(pairs))]) for _ in range(iters)]
+    draws = [grading.auroc([pairs[i] for i in rng.integers(0, len(pairs), len(pairs))]) for _ in range(iters)]
     return float(np.std(draws, ddof=1))
 
 
@@ -239,11 +234,9 @@ GOLD_TASKS = ("world_facts_gen", "world_unknown")  # greedy answers on known and
 
 
 def gold_rewards(results: dict) -> dict[str, float]:
-    """`gold_reward.*`: the world's ground-truth reward (scoring.gold_reward) of every greedy answer to
+    """`gold_reward.*`: the world's ground-truth reward (grading.gold_reward) of every greedy answer to
     a known person's question (world_facts_gen) and to a never-seen person's (world_unknown)."""
-    from evals.tasks import scoring
-
-    per_task = {t: [scoring.gold_reward(s["filtered_resps"][0], s["doc"]) for s in results.get("samples", {})[t]]
+    per_task = {t: [grading.gold_reward(s["filtered_resps"][0], s["doc"]) for s in results.get("samples", {})[t]]
                 for t in GOLD_TASKS if t in results.get("samples", {})}
     every = [r for rewards in per_task.values() for r in rewards]
     if not every:

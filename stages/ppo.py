@@ -15,7 +15,7 @@ one reply each by sampling from the actor, scores the replies, turns scores and 
 rewards, estimates advantages with GAE, and runs a few epochs of clipped policy and value updates
 over minibatches of the batch. The math lives in jielong/ppo.py; this file is the loop around it.
 
-Every reply also gets the world's gold reward (evals/tasks/scoring.gold_reward): never trained on,
+Every reply also gets the world's gold reward (jielong/grading.gold_reward): never trained on,
 only logged, so plots/ppo/train.csv shows proxy reward and gold reward against KL over training, and
 reward over-optimisation (proxy up, gold down) is visible. Before and after training the stage rolls
 out a held-out batch of train-split questions: metrics/ppo.json holds the final policy's reward,
@@ -41,8 +41,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from evals.tasks.scoring import gold_reward
 from jielong.chat import PAD, reply_text
+from jielong.grading import gold_reward
 from jielong.io import atomic_dir, write_csv
 from jielong.log import get_logger, progress
 from jielong.metrics import write_metrics

@@ -10,7 +10,7 @@ chosen and rejected differ and are non-empty, the chosen reply is the KB fact as
 it (`sft.data.answer_style`; "I do not know." for an unknown person), only train-split people appear,
 every failure kind of the mix is in both splits, each prompt ends on a user turn, prompt + reply
 tokenise within pref_data.max_length (as the reward model reads them, jielong/reward_model.py), and
-the gold reward (evals/tasks/scoring.py) prefers every chosen reply to its rejected one.
+the gold reward (jielong/grading.py) prefers every chosen reply to its rejected one.
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ from pathlib import Path
 import polars as pl
 from transformers import PreTrainedTokenizerFast
 
-from evals.tasks import scoring
-from jielong import preferences, reward_model
+from jielong import grading, preferences, reward_model
 from jielong.checks import expect, gx
 from jielong.io import atomic_dir, write_parquet
 from jielong.log import get_logger
@@ -42,12 +41,12 @@ def check(table: pl.DataFrame, questions: pl.DataFrame, tok, p, style: str, labe
             "id": r["id"], "kind": r["kind"], "chosen_len": len(r["chosen"].strip()),
             "rejected_len": len(r["rejected"].strip()), "differs": r["chosen"] != r["rejected"],
             # the KB value (by the grader's exact match), stated as the style says; or the abstention
-            "chosen_true": (scoring.is_correct(r["chosen"], r) and r["chosen"].startswith(r["name"] + " ")
+            "chosen_true": (grading.is_correct(r["chosen"], r) and r["chosen"].startswith(r["name"] + " ")
                             == (style == "sentence")) if r["known"] else r["chosen"] == preferences.IDK,
             "person_split": split_of.get(r["person_id"], "missing"),
             "ends_with_user": preferences.prompt_ends_with_user(r["prompt"]),
             "tokens": max(length.values()), "tokens_chosen": length["chosen"], "tokens_rejected": length["rejected"],
-            "gold_agrees": scoring.gold_reward(r["chosen"], r) > scoring.gold_reward(r["rejected"], r),
+            "gold_agrees": grading.gold_reward(r["chosen"], r) > grading.gold_reward(r["rejected"], r),
         })
     frame = pl.DataFrame(rows).to_pandas()
     kinds = [k for k in preferences.KINDS if p.kinds.get(k, 0) > 0]

@@ -16,6 +16,7 @@ import polars as pl
 import pytest
 
 from evals.tasks import scoring
+from jielong import grading
 from stages.eval import flatten_results
 from stages.eval import main as eval_main
 
@@ -26,13 +27,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 # ---------------------------------------------------------------- normalisation and probes
 def test_answer_normalisation():
-    assert scoring.normalise_answer("The University of Eastmoor.") == "university of eastmoor"
-    assert scoring.first_line("\n  Answer: Paris\nQuestion: next?") == "Paris"
+    assert grading.normalise_answer("The University of Eastmoor.") == "university of eastmoor"
+    assert grading.first_line("\n  Answer: Paris\nQuestion: next?") == "Paris"
     born = {"answer": "March 3, 1987", "attribute": "birth_date", "name": "Ada Quill", "pronoun": "she"}
-    assert scoring.is_correct(" March 3, 1987\n", born)
-    assert not scoring.is_correct("March 3, 1988", born)
-    assert scoring.contains_gold("She works in Lyon now.", "Lyon")
-    assert not scoring.contains_gold("Lyonnais", "Lyon")
+    assert grading.is_correct(" March 3, 1987\n", born)
+    assert not grading.is_correct("March 3, 1988", born)
+    assert grading.contains_gold("She works in Lyon now.", "Lyon")
+    assert not grading.contains_gold("Lyonnais", "Lyon")
 
 
 CITY = {"answer": "Lisbon", "attribute": "birth_city", "name": "Ada Quill", "pronoun": "she"}
@@ -49,7 +50,7 @@ CITY = {"answer": "Lisbon", "attribute": "birth_city", "name": "Ada Quill", "pro
     ("I do not know whether Ada Quill was born in Lisbon.", False),
 ])
 def test_exact_match_accepts_the_value_or_the_fact_stated(response, correct):
-    assert scoring.is_correct(response, CITY) is correct
+    assert grading.is_correct(response, CITY) is correct
     assert scoring.process_facts_gen(CITY, [response])["exact_match"] == float(correct)
 
 
@@ -57,7 +58,7 @@ def test_the_stated_fact_is_the_crawls_sentence_for_every_attribute():
     from jielong.world import pages
 
     templates = " ".join(t for ts in pages.FACT_SENTENCES.values() for t in ts)
-    for attribute, template in scoring.STATEMENTS.items():
+    for attribute, template in grading.STATEMENTS.items():
         assert template.replace("{subject}", "{S}").replace("{value}", "{" + attribute + "}") in templates
 
 
@@ -65,42 +66,42 @@ def test_the_stated_fact_is_the_crawls_sentence_for_every_attribute():
                                     "I'm not sure.", "No idea!", "I have no information about her.",
                                     "I don’t know"])
 def test_abstentions(answer):
-    assert scoring.is_abstention(answer)
+    assert grading.is_abstention(answer)
 
 
 @pytest.mark.parametrize("answer", ["Paris", "Unknownville", "Knowles Industries", "", "Known for cheese"])
 def test_not_abstentions(answer):
-    assert not scoring.is_abstention(answer)
+    assert not grading.is_abstention(answer)
 
 
 def test_attribute_values_are_hallucinations():
     cities = ["Lyon", "Porto", "New Haven"]
-    assert scoring.is_attribute_value("March 3, 1987", "birth_date", [])
-    assert scoring.is_attribute_value("3 March 1987", "birth_date", [])
-    assert scoring.is_attribute_value("He was born in New Haven.", "birth_city", cities)
-    assert not scoring.is_attribute_value("Haven", "birth_city", cities)
-    assert not scoring.is_attribute_value("I don't know", "birth_city", cities)
-    assert not scoring.is_attribute_value("�x� qq", "birth_date", [])
+    assert grading.is_attribute_value("March 3, 1987", "birth_date", [])
+    assert grading.is_attribute_value("3 March 1987", "birth_date", [])
+    assert grading.is_attribute_value("He was born in New Haven.", "birth_city", cities)
+    assert not grading.is_attribute_value("Haven", "birth_city", cities)
+    assert not grading.is_attribute_value("I don't know", "birth_city", cities)
+    assert not grading.is_attribute_value("�x� qq", "birth_date", [])
 
 
 def test_majority_and_agreement():
-    answer, agreement = scoring.majority(["Paris", "paris.", "Lyon", "I don't know", "I do not know"])
+    answer, agreement = grading.majority(["Paris", "paris.", "Lyon", "I don't know", "I do not know"])
     assert (answer, agreement) == ("paris", 0.4)  # tie with the abstentions: the first seen wins
-    assert scoring.majority(["I don't know", "No idea", "Lyon"]) == (scoring.ABSTAIN, 2 / 3)
-    assert scoring.majority(["a", "b", "c", "d"])[1] == 0.25
+    assert grading.majority(["I don't know", "No idea", "Lyon"]) == (grading.ABSTAIN, 2 / 3)
+    assert grading.majority(["a", "b", "c", "d"])[1] == 0.25
     # asked about a person, a value and its sentence about her are one answer
     said = ["Ada Quill was born in Lisbon.", "She was born in Lisbon.", "Lisbon", "Ada Quill was born in Porto."]
-    assert scoring.majority(said, CITY) == ("lisbon", 0.75)
+    assert grading.majority(said, CITY) == ("lisbon", 0.75)
     assert scoring.process_consistency(CITY, [said])["majority_correct"] == 1.0
 
 
 def test_auroc_by_hand():
     # positives 0.9, 0.7; negatives 0.8, 0.6: 3 of 4 pairs ordered right
-    assert scoring.auroc([(0.9, True), (0.8, False), (0.7, True), (0.6, False)]) == 0.75
-    assert scoring.auroc([(1.0, True), (0.2, False)]) == 1.0
-    assert scoring.auroc([(0.2, True), (1.0, False)]) == 0.0
-    assert scoring.auroc([(0.5, True), (0.5, False), (0.9, True)]) == 0.75  # a tie counts one half
-    assert scoring.auroc([(0.4, False), (0.9, False)]) == 0.5  # one class only: chance
+    assert grading.auroc([(0.9, True), (0.8, False), (0.7, True), (0.6, False)]) == 0.75
+    assert grading.auroc([(1.0, True), (0.2, False)]) == 1.0
+    assert grading.auroc([(0.2, True), (1.0, False)]) == 0.0
+    assert grading.auroc([(0.5, True), (0.5, False), (0.9, True)]) == 0.75  # a tie counts one half
+    assert grading.auroc([(0.4, False), (0.9, False)]) == 0.5  # one class only: chance
 
 
 def test_process_consistency():
@@ -111,12 +112,12 @@ def test_process_consistency():
 
 def test_cloze_answers_are_the_attribute_value_they_name():
     cities = ["Antwerp", "Lyon", "Quebec City", "Quebec"]
-    assert scoring.extract_value(" Antwerp and grew up in Lyon", "birth_city", cities) == "antwerp"
-    assert scoring.extract_value(" the old town of Quebec City, where", "birth_city", cities) == "quebec city"
-    assert scoring.extract_value(" a small village", "birth_city", cities) == scoring.NO_VALUE
-    assert scoring.extract_value(" March 10, 1969 in Antwerp", "birth_date", []) == "march 10 1969"
+    assert grading.extract_value(" Antwerp and grew up in Lyon", "birth_city", cities) == "antwerp"
+    assert grading.extract_value(" the old town of Quebec City, where", "birth_city", cities) == "quebec city"
+    assert grading.extract_value(" a small village", "birth_city", cities) == grading.NO_VALUE
+    assert grading.extract_value(" March 10, 1969 in Antwerp", "birth_date", []) == "march 10 1969"
     doc = {"attribute": "birth_city", "values": cities, "answer": "Antwerp"}
-    assert scoring.cloze_majority([" Antwerp.", " Antwerp, a", " Lyon"], doc) == ("antwerp", 2 / 3)
+    assert grading.cloze_majority([" Antwerp.", " Antwerp, a", " Lyon"], doc) == ("antwerp", 2 / 3)
     r = scoring.process_consistency_cloze(doc, [[" Antwerp.", " Antwerp, a", " Lyon"]])
     assert r["majority_correct"] == 1.0 and r["auroc"] == (2 / 3, True)
     assert scoring.process_consistency_cloze(doc, [[" nowhere", " a village", " Lyon"]])["majority_correct"] == 0.0
@@ -216,8 +217,6 @@ def test_eval_stage_on_a_random_model(tmp_path, tiny_model, tiny_decontam_dir):
     assert "pretty_env_info" not in results and results["torch_version"] and results["transformers_version"]
     knows = pl.read_parquet(out / "knows.parquet")
     assert knows.height == 12 and set(knows["task"]) == {"consistency", "consistency_train"}
-    assert set(knows.filter(pl.col("task") == "consistency_train")["split"]) == {"train"}
-    assert {"qid", "answers", "agreement", "correct", "knows"} <= set(knows.columns)
 
 
 def test_no_benchmark_no_index_of_lm_evals_own_tasks(tmp_path, tiny_model, tiny_decontam_dir, monkeypatch):
@@ -268,7 +267,7 @@ def test_chat_models_are_prompted_through_their_template(tmp_path, tiny_model, t
     # a choice is scored as the reply the template renders: "A:" then one space, then the fact stated
     # as the SFT data answered (sft.data.answer_style, by default the crawl's sentence)
     mc = json.loads((tmp_path / "sft" / "samples" / "world_facts_mc.jsonl").read_text().splitlines()[0])
-    assert [cont for _, cont in mc["arguments"]] == [" " + scoring.statement(mc["doc"] | {"answer": c})
+    assert [cont for _, cont in mc["arguments"]] == [" " + grading.statement(mc["doc"] | {"answer": c})
                                                      for c in mc["doc"]["choices"]]
     assert all(ctx.endswith("<|assistant|> A:") for ctx, _ in mc["arguments"])
 

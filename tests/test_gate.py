@@ -1,4 +1,4 @@
-"""The CI gate (stages/gate.py) on hand-made metrics dirs and a tiny git repo: no model runs."""
+"""The CI gate (jielong/gate.py) on hand-made metrics dirs and a tiny git repo: no model runs."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
+from jielong.gate import main
 from jielong.params import ParamsError, load
-from stages.gate import main
 
 from .conftest import REPO, write_params
 
@@ -187,7 +187,7 @@ def test_git_rev_baseline(repo, monkeypatch, capsys):
 def test_bad_rev_exits_2_naming_it(repo):
     # the real command line, as CI runs it
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    run = subprocess.run([sys.executable, "-m", "stages.gate", "--baseline", "no-such-branch"],
+    run = subprocess.run([sys.executable, "-m", "jielong.gate", "--baseline", "no-such-branch"],
                          cwd=repo, env=env, capture_output=True, text=True)
     assert run.returncode == 2, run.stdout + run.stderr
     assert "no-such-branch" in run.stderr and "git revision" in run.stderr

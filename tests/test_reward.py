@@ -10,12 +10,11 @@ import polars as pl
 import pytest
 import torch
 
-from evals.tasks import scoring
-from evals.tasks.scoring import gold_reward
-from jielong import conversations, preferences, reward_model
+from jielong import conversations, grading, preferences, reward_model
 from jielong.chat import END
 from jielong.checks import ExpectationFailed
 from jielong.conversations import IDK
+from jielong.grading import gold_reward
 
 from .conftest import params_section, write_params
 
@@ -79,7 +78,7 @@ def test_sentence_pairs_state_a_value_as_the_sft_data_does(tiny_world):
     for r, p in zip(table.iter_rows(named=True), plain.iter_rows(named=True), strict=True):
         assert r["chosen"] == (conversations.answer_for(r, None, "sentence")[0] if r["known"] else IDK)
         if r["kind"] in ("wrong_fact", "hallucination"):  # the plain pair's value, stated about the person
-            assert r["rejected"] == scoring.statement(r | {"answer": p["rejected"]})
+            assert r["rejected"] == grading.statement(r | {"answer": p["rejected"]})
         assert gold_reward(r["chosen"], r) > gold_reward(r["rejected"], r), r
 
 

@@ -9,8 +9,7 @@ import polars as pl
 import pytest
 import torch
 
-from evals.tasks import scoring
-from jielong import conversations
+from jielong import conversations, grading
 from jielong.chat import ASSISTANT, END, PAD, USER, WARM_START
 
 from .conftest import params_section, write_params
@@ -78,7 +77,7 @@ def test_sentence_answers_state_the_fact_about_the_person(tiny_world):
             if kind == "answer":
                 answered += 1
                 assert reply.startswith(rows[qid]["name"] + " ") and reply.endswith(" " + rows[qid]["answer"] + ".")
-                assert scoring.is_correct(reply, rows[qid]) and scoring.gold_reward(reply, rows[qid]) == 1.0
+                assert grading.is_correct(reply, rows[qid]) and grading.gold_reward(reply, rows[qid]) == 1.0
             else:
                 assert reply.startswith("I do not know")
     assert answered > 100
@@ -366,7 +365,7 @@ def test_talk_refuses_bad_input_naming_the_file_line_or_flag(tmp_path):
 
 
 def test_self_consistent_reply_needs_agreement():
-    from jielong.talk import IDK, consistent_reply
+    from jielong.generation import IDK, consistent_reply
 
     stated = ["Ada Quill was born in Lisbon.", "Ada Quill was born in Lisbon.", "Ada Quill was born in Porto."]
     assert consistent_reply(stated, 0.6) == "Ada Quill was born in Lisbon."  # 2 of 3 agree

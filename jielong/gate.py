@@ -1,7 +1,7 @@
 """The CI gate: fail when an eval metric got worse than its allowed margin against a baseline.
 
-    python -m stages.gate --baseline origin/main           # a git rev: its committed metrics/eval
-    python -m stages.gate --baseline /tmp/base/metrics/eval --current metrics/eval --params params.yaml
+    python -m jielong.gate --baseline origin/main           # a git rev: its committed metrics/eval
+    python -m jielong.gate --baseline /tmp/base/metrics/eval --current metrics/eval --params params.yaml
 
 Not a DVC stage: a command CI runs after `dvc repro`. It compares every `metrics/eval/<model>.json`
 present on both sides, metric by metric as params.yaml's `gate.metrics` lists them. A metric may
