@@ -12,8 +12,7 @@ exactly there, on every turn.
 
 Inside the role markers a turn reads like the question-and-answer pages of the crawl ("Q: ... A:
 ...", jielong/world/crawl.py faq_pages): SFT then has to teach the role tokens, not a new way of
-asking, and reaches what pretraining stored (measured on the default world, same SFT recipe: exact
-match 0.12 with bare turns, 0.16 with these cues, and 0.47 against 0.35 with less SFT data).
+asking, and reaches what pretraining stored (docs/findings.md "Chat format and chat tokens").
 
 A reply opens with one space, and the generation prompt ends on "A:". Byte-level BPE tokenises a word
 differently after a space (" Plovdiv", one token) and at the start of a line ("P" "lovdiv");
@@ -60,10 +59,10 @@ def reply_text(decoded: str) -> str:
 
 # The plain text each chat token's embedding starts from before SFT. Pretraining never saw these tokens,
 # so their rows of the (tied) embedding held only what weight decay and the push away from every
-# prediction left: the base model put 20-26 nats of loss on <|end|> and 16 on <|assistant|>, and the
-# first SFT steps' gradients (norm ~40) wrecked what it had stored. Started from the separators
-# pretraining knows (a line break before a turn, a full stop ending one), SFT's first loss halves and
-# the SFT model answers far more facts (exact match 0.05 -> 0.12 on the default world, same recipe).
+# prediction left: the base model's loss on them was huge, and the first SFT steps' large gradients
+# wrecked what it had stored. Started from the separators pretraining knows (a line break before a
+# turn, a full stop ending one), SFT starts from a far lower loss and the SFT model answers far more
+# facts (docs/findings.md "Chat format and chat tokens").
 # (transformers' resize_token_embeddings initialises *new* rows from the mean embedding; these rows
 # exist already, and the mean is no separator.)
 WARM_START = {SYSTEM: "\n", USER: "\n", ASSISTANT: "\n", END: "."}

@@ -80,8 +80,9 @@ def world_config(name: str, yaml_path: Path, evals: Path, p, chat: bool = False,
             # The chat template opens a reply with a space (jielong/chat.py), so a choice is scored as the
             # reply " value". lm-eval drops target_delimiter under a chat template (it keeps it only after a
             # gen_prefix, which would re-render our template's assistant turn), and "A:value" tokenises into
-            # pieces the model never saw after "A:" (world_facts_mc.acc 0.41 for the SFT model, below its
-            # own generated exact match). So the space goes into the choices themselves.
+            # pieces the model never saw after "A:" (the SFT model then scored multiple choice below its own
+            # generated exact match: docs/findings.md "Chat format and chat tokens"). So the space goes into
+            # the choices themselves.
             cfg.update(doc_to_choice=functools.partial(reply_choices, style=answer_style), target_delimiter="")
     if name in CONSISTENCY_TASKS:
         c = p.consistency
@@ -93,9 +94,9 @@ def world_config(name: str, yaml_path: Path, evals: Path, p, chat: bool = False,
 
 def reply_choices(doc: dict, style: str = "value") -> list[str]:
     """A world multiple-choice item's candidates as a chat model's reply would give them: after one space,
-    and with `style` "sentence" stated about the person (" Ada Dunmore was born in Lisbon."): scored as
-    " Lisbon", a model taught to answer in sentences ranked the true value first for 0.84 of the facts,
-    scored as its own replies for 0.99."""
+    and with `style` "sentence" stated about the person (" Ada Dunmore was born in Lisbon."): a model taught
+    to answer in sentences ranks the true value first far more often when the candidates are scored as its
+    own replies would state them (docs/findings.md "Chat format and chat tokens")."""
     if style == "sentence":
         return [" " + grading.statement(doc | {"answer": choice}) for choice in doc["choices"]]
     return [" " + choice for choice in doc["choices"]]

@@ -69,10 +69,9 @@ def lora_config(p, tok, unseen: list[int] = ()):
       <|assistant|> one vector and <|end|> that of "." (tied, so <|end|> and "." had the same logit),
       which frozen embeddings would keep for good;
     - `unseen`, reply tokens the pretraining corpus never contains: pretraining leaves all their rows
-      on one vector (cosine 0.99 to one another; 1673 of the default world's 3141 tokens), so the tied
-      head cannot score one above the rest. " do" of "I do not know." is one:
-      after LoRA alone the SFT model gave it 0.003 after " I" (and 0.99 to " not" and " know"), and
-      answered never-seen people "I skiing in Montreal." and "Iell not know."."""
+      on nearly one vector, so the tied head cannot score one above the rest. " do" of "I do not know."
+      is one: after LoRA alone the SFT model garbled its abstentions ("I skiing in Montreal.", docs/findings.md
+      "The reply tokens pretraining never saw")."""
     from peft import LoraConfig
 
     chat = [tok.convert_tokens_to_ids(t) for t in CHAT_TOKENS] if p.lora.train_chat_tokens else []
