@@ -398,7 +398,8 @@ class EvalParams(Section):
 
 # ---------------------------------------------------------------- gate
 class GateMetric(Section):
-    """How far one eval metric may move the wrong way: max(abs_margin, k_stderr * combined stderr)."""
+    """One gated eval metric. Item by item: a significant regression fails only beyond abs_margin.
+    Unpaired (no per-item results): it may move the wrong way by max(abs_margin, k_stderr * combined stderr)."""
 
     direction: Literal["higher", "lower"]  # which way is better
     abs_margin: Annotated[float, Field(ge=0)] = 0.0  # in the metric's own units
@@ -409,6 +410,8 @@ class GateMetric(Section):
 class GateParams(Section):
     """The CI gate on eval regressions (jielong/gate.py, a command, not a dvc stage)."""
 
+    alpha: Annotated[float, Field(gt=0, lt=0.5)]  # family-wise false-alarm rate over every paired test (Holm)
+    power: Annotated[float, Field(gt=0, lt=1)]  # at which the minimum detectable effect is reported
     # `<task>.<metric>` of metrics/eval/<model>.json -> its rule, checked on every model on both sides
     metrics: dict[str, GateMetric]
 

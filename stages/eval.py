@@ -7,6 +7,7 @@ The tasks are the YAMLs under evals/tasks (the same ones `lm_eval --include_path
 fed the clean eval sets the decontam stage wrote. Chat models (params eval.chat_models) are prompted
 through their chat template, base models with plain prompts. Writes:
     metrics/eval/<model>.json    flat `<task>.<metric>` and `<task>.<metric>_stderr`, `<task>.items`
+    metrics/items/<model>.json   per task and metric, item id -> value (what the gate pairs)
     data/eval/<model>/results.json       lm-eval's own results (configs, versions, n-samples)
     data/eval/<model>/samples/<task>.jsonl  every prompt, response and per-item score
     data/eval/<model>/knows.parquet      per question of the self-consistency probes: the k answers,
@@ -33,7 +34,7 @@ import polars as pl
 from jielong import grading
 from jielong.chat import END, is_chat_tokenizer
 from jielong.checks import expect, gx
-from jielong.io import atomic_dir, write_parquet
+from jielong.io import atomic_dir, write_json, write_parquet
 from jielong.log import get_logger
 from jielong.metrics import write_metrics
 from jielong.params import load_all
@@ -234,19 +235,59 @@ def auroc_stderr(knows: pl.DataFrame, iters: int, seed: int) -> float | None:
 GOLD_TASKS = ("world_facts_gen", "world_unknown")  # greedy answers on known and on never-seen people
 
 
-def gold_rewards(results: dict) -> dict[str, float]:
-    """`gold_reward.*`: the world's ground-truth reward (grading.gold_reward) of every greedy answer to
-    a known person's question (world_facts_gen) and to a never-seen person's (world_unknown)."""
-    per_task = {t: [grading.gold_reward(s["filtered_resps"][0], s["doc"]) for s in results.get("samples", {})[t]]
-                for t in GOLD_TASKS if t in results.get("samples", {})}
-    every = [r for rewards in per_task.values() for r in rewards]
+def item_id(sample: dict) -> str:
+    """An eval item's name: its question id (the world tasks), else lm-eval's index of the doc."""
+    return str(sample["doc"].get("qid", sample["doc_id"]))
+
+
+def gold_reward_items(results: dict) -> dict[str, dict[str, float]]:
+    """Per task of GOLD_TASKS: item id -> the world's ground-truth reward (grading.gold_reward) of its
+    greedy answer, to a known person's question (world_facts_gen) and to a never-seen person's (world_unknown)."""
+    return {t: {item_id(s): grading.gold_reward(s["filtered_resps"][0], s["doc"]) for s in results["samples"][t]}
+            for t in GOLD_TASKS if t in results.get("samples", {})}
+
+
+def gold_rewards(per_task: dict[str, dict[str, float]]) -> dict[str, float]:
+    """`gold_reward.*`: the mean over every item of gold_reward_items, its stderr, and the mean per task."""
+    every = [r for rewards in per_task.values() for r in rewards.values()]
     if not every:
         return {}
     flat = {"gold_reward.mean": float(np.mean(every)), "gold_reward.items": len(every),
             "gold_reward.mean_stderr": float(np.std(every, ddof=1) / np.sqrt(len(every))) if len(every) > 1 else 0.0}
     for task, rewards in per_task.items():
-        flat[f"gold_reward.{'known' if task == 'world_facts_gen' else 'unknown'}"] = float(np.mean(rewards))
+        flat[f"gold_reward.{'known' if task == 'world_facts_gen' else 'unknown'}"] = float(np.mean(list(rewards.values())))
     return flat
+
+
+def item_results(results: dict, gold: dict[str, dict[str, float]]) -> pl.DataFrame:
+    """(task, metric, item, value) for every metric lm-eval scores item by item as one number (accuracy,
+    exact match, the abstention rates), and `gold_reward.mean` per greedy answer (items `<task>/<qid>`):
+    what the CI gate compares item by item (jielong/gate.py). A metric lm-eval aggregates otherwise
+    (perplexity, AUROC) has no per-item number and is not listed."""
+    rows = []
+    for task, samples in results.get("samples", {}).items():
+        for s in samples:
+            filt = s.get("filter", "none")
+            for metric in results.get("higher_is_better", {}).get(task, {}):
+                value = s.get(metric)
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    rows.append((task, metric if filt in ("", "none") else f"{metric}_{filt}", item_id(s), float(value)))
+    rows += [("gold_reward", "mean", f"{t}/{i}", r) for t, rewards in gold.items() for i, r in rewards.items()]
+    return pl.DataFrame(rows, schema={"task": pl.String, "metric": pl.String, "item": pl.String, "value": pl.Float64},
+                        orient="row")
+
+
+def write_items(path: Path, items: pl.DataFrame) -> None:
+    """metrics/items/<model>.json: {task: {metric: {item: value}}}, after checking that no item is named
+    twice in one task's metric and that every value is finite."""
+    expect(str(path), items.with_columns(finite=pl.col("value").is_finite()), [
+        gx.expectations.ExpectCompoundColumnsToBeUnique(column_list=["task", "metric", "item"]),
+        gx.expectations.ExpectColumnValuesToBeInSet(column="finite", value_set=[True]),
+    ])
+    nested: dict[str, dict[str, dict[str, float]]] = {}
+    for task, metric, item, value in items.iter_rows():
+        nested.setdefault(task, {}).setdefault(metric, {})[item] = value
+    write_json(path, nested)
 
 
 # lm-eval's run provenance that changes on every run, commit or machine; kept out of results.json so a
@@ -339,6 +380,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--evals", type=Path, default=Path("data/evals"))
     ap.add_argument("--tasks", type=Path, default=Path("evals/tasks"))
     ap.add_argument("--out", type=Path, help="metrics file (default metrics/eval/<name>.json)")
+    ap.add_argument("--items", type=Path, help="per-item results the gate pairs (default metrics/items/<name>.json)")
     ap.add_argument("--samples", type=Path, help="per-sample outputs (default data/eval/<name>)")
     ap.add_argument("--work", type=Path, help="request cache that survives a killed run "
                     "(default data/eval_work/<name>; emptied after success)")
@@ -348,6 +390,7 @@ def main(argv: list[str] | None = None) -> None:
     p, style = params.eval, params.sft.data.answer_style  # style: how the chat models were taught to answer
     name = args.name or args.model.name
     out = args.out or Path("metrics/eval") / f"{name}.json"
+    items_out = args.items or Path("metrics/items") / f"{name}.json"
     samples_dir = args.samples or Path("data/eval") / name
     work = args.work or Path("data/eval_work") / name
     if not (args.model / "config.json").exists():
@@ -378,7 +421,8 @@ def main(argv: list[str] | None = None) -> None:
             fewshot_as_multiturn=chat, log_samples=True, bootstrap_iters=p.bootstrap_iters,
             random_seed=p.seed, numpy_random_seed=p.seed, torch_random_seed=p.seed, fewshot_random_seed=p.seed,
         )
-    flat = flatten_results(results) | gold_rewards(results)
+    gold = gold_reward_items(results)
+    flat = flatten_results(results) | gold_rewards(gold)
     empty = [t for t, n in results.get("n-samples", {}).items() if n["effective"] == 0]
     if empty:
         raise SystemExit(f"eval: task(s) {empty} scored zero items; no metric reported")
@@ -400,6 +444,7 @@ def main(argv: list[str] | None = None) -> None:
                 flat[f"{t[0]}.knows_rate"] = float(frame["knows"].mean())
                 if (se := auroc_stderr(frame, p.bootstrap_iters, p.seed)) is not None:
                     flat[f"{t[0]}.auroc_stderr"] = se
+    write_items(items_out, item_results(results, gold))
     write_metrics(out, flat)
     for done in work.iterdir():  # the run is complete: its cached answers are not needed again
         done.unlink()

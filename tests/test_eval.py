@@ -180,6 +180,7 @@ def _params(tmp_path: Path, **eval_params) -> Path:
 def _eval(tmp_path, model, evals, name="base", **eval_params) -> dict:
     eval_main(["--model", str(model), "--name", name, "--evals", str(evals), "--tasks", str(REPO / "evals" / "tasks"),
                "--out", str(tmp_path / f"{name}.json"), "--samples", str(tmp_path / name),
+               "--items", str(tmp_path / "items" / f"{name}.json"),
                "--params", str(_params(tmp_path, **eval_params))])
     return json.loads((tmp_path / f"{name}.json").read_text())
 
@@ -217,6 +218,17 @@ def test_eval_stage_on_a_random_model(tmp_path, tiny_model, tiny_decontam_dir):
     assert "pretty_env_info" not in results and results["torch_version"] and results["transformers_version"]
     knows = pl.read_parquet(out / "knows.parquet")
     assert knows.height == 12 and set(knows["task"]) == {"consistency", "consistency_train"}
+    # per-item results, what the gate pairs: every per-item metric averages to its aggregate, by question id
+    items = json.loads((tmp_path / "items" / "base.json").read_text())
+    assert set(items["world_facts_gen"]["exact_match"]) == {json.loads(line)["doc"]["qid"] for line in
+                                                          (out / "samples" / "world_facts_gen.jsonl").open()}
+    for task, metric in [("world_facts_mc", "acc"), ("world_facts_gen", "exact_match"), ("world_unknown", "abstain_rate"),
+                         ("world_known", "false_abstain_rate"), ("world_facts_cloze", "recall"), ("gold_reward", "mean")]:
+        values = list(items[task][metric].values())
+        assert sum(values) / len(values) == pytest.approx(m[f"{task}.{metric}"]), (task, metric)
+    assert len(items["gold_reward"]["mean"]) == 12 and "world_heldout_ppl" not in items  # perplexity: no per-item mean
+    assert set(knows.filter(pl.col("task") == "consistency_train")["split"]) == {"train"}
+    assert {"qid", "answers", "agreement", "correct", "knows"} <= set(knows.columns)
 
 
 def test_no_benchmark_no_index_of_lm_evals_own_tasks(tmp_path, tiny_model, tiny_decontam_dir, monkeypatch):

@@ -208,3 +208,207 @@ def test_a_rev_dvc_cannot_read_exits_2_naming_it(repo, monkeypatch, capsys, meth
     code, out = gate(capsys, "HEAD", "metrics/eval", "params.yaml")
     assert code == 2, out
     assert "'HEAD'" in out and "TypeError" in out and "crawl_date" in out
+
+
+# ---------------------------------------------------------------- paired statistics
+def test_mcnemar_against_a_hand_computed_example():
+    from jielong import paired
+
+    # 20 items: 10 right on both sides, 6 right only in the baseline, 1 only in the current run, 3 on neither
+    base = [1] * 10 + [1] * 6 + [0] * 1 + [0] * 3
+    cur = [1] * 10 + [0] * 6 + [1] * 1 + [0] * 3
+    t = paired.compare(base, cur, higher_is_better=True, alpha=0.05)
+    # 7 discordant items, 6 of them worse: P(X >= 6), X ~ Bin(7, 1/2) = (7 + 1) / 128
+    assert t.binary and t.n == 20 and t.p == pytest.approx(8 / 128)
+    assert t.diff == pytest.approx(-5 / 20) and t.min_p == pytest.approx(0.5 ** 7)
+    # Wald interval of a paired difference: sd = sqrt(7/20 - 0.25^2), half = 1.6449 * sd / sqrt(20)
+    half = 1.6448536 * (7 / 20 - 0.0625) ** 0.5 / 20 ** 0.5
+    assert (t.low, t.high) == (pytest.approx(-0.25 - half), pytest.approx(-0.25 + half))
+    # lower is better (a rate of false abstentions): the same change is an improvement
+    assert paired.compare(base, cur, higher_is_better=False, alpha=0.05).p == pytest.approx(1 - 1 / 128)
+    # nothing changed: no discordant item, nothing a test could ever reject
+    same = paired.compare(base, base, higher_is_better=True, alpha=0.05)
+    assert same.p == 1.0 and same.min_p == 1.0 and same.diff == 0.0
+
+
+def test_paired_t_against_a_hand_computed_example():
+    import math
+
+    from jielong import paired
+
+    base = [0.5, 1.0, -0.25, 1.0]
+    cur = [-0.5, -1.0, -0.25, 0.0]  # differences -1, -2, 0, -1: mean -1, sd sqrt(2/3)
+    t = paired.compare(base, cur, higher_is_better=True, alpha=0.05)
+    stat = -1 / (math.sqrt(2 / 3) / 2)
+    # Student's t with 3 degrees of freedom in closed form: F(x) = 1/2 + (x / (sqrt(3) (1 + x^2/3)) + atan(x / sqrt(3))) / pi
+    cdf = 0.5 + (stat / (math.sqrt(3) * (1 + stat ** 2 / 3)) + math.atan(stat / math.sqrt(3))) / math.pi
+    assert not t.binary and t.diff == pytest.approx(-1.0) and t.p == pytest.approx(cdf)
+    assert t.sd == pytest.approx(math.sqrt(2 / 3)) and t.min_p == 0.0
+    # t(0.95, 3) = 2.35336
+    assert t.low == pytest.approx(-1 - 2.353363 * math.sqrt(2 / 3) / 2, rel=1e-5)
+
+
+def test_holm_counts_only_the_tests_that_can_fire():
+    from jielong.paired import holm_tarone
+
+    # Holm: 0.01 <= 0.05/3 is rejected; then 0.04 > 0.05/2 stops
+    assert [r for r, _ in holm_tarone([0.01, 0.04, 0.5], [0, 0, 0], 0.05)] == [True, False, False]
+    # a third test that cannot reach any level (no discordant item) does not dilute the other two:
+    # K = 2 (0.01 <= 0.025), then K = 1 (0.04 <= 0.05)
+    verdicts = holm_tarone([0.01, 0.04, 1.0], [0, 0, 1.0], 0.05)
+    assert verdicts == [(True, 0.025), (True, 0.05), (False, 0.05)]
+    # nor do many of them: adding untestable metrics leaves the verdicts alone
+    assert holm_tarone([0.01, 0.04] + [1.0] * 20, [0, 0] + [1.0] * 20, 0.05)[:2] == verdicts[:2]
+    # but tests that can fire do: 20 more of them raise the bar past both p-values
+    assert not any(r for r, _ in holm_tarone([0.01, 0.04] + [0.9] * 20, [0] * 22, 0.05))
+
+
+def test_mde_floor_of_an_exact_test():
+    from jielong.paired import mde
+
+    # one-sided 0.05 needs 5 items that all flip the wrong way (0.5^5 = 0.031), 0.01 needs 7
+    assert mde(100, 0.0, 0.05, 0.8, binary=True) == pytest.approx(0.05)
+    assert mde(100, 0.0, 0.01, 0.8, binary=True) == pytest.approx(0.07)
+    # with noise, the normal approximation: (z_0.95 + z_0.8) * sd / sqrt(n)
+    assert mde(100, 0.5, 0.05, 0.8, binary=False) == pytest.approx((1.6448536 + 0.8416212) * 0.05, rel=1e-6)
+
+
+# ---------------------------------------------------------------- the gate item by item
+def items_of(values: dict[str, list[float]]) -> dict:
+    """{task: {metric: {qid: value}}} from {"task.metric": [values]}."""
+    out: dict = {}
+    for name, vals in values.items():
+        task, metric = name.split(".")
+        out.setdefault(task, {})[metric] = {f"q{i:03d}": v for i, v in enumerate(vals)}
+    return out
+
+
+def write_run(root, models: dict[str, dict[str, list[float]]]):
+    """metrics/eval/<model>.json (each metric the mean of its items, with lm-eval's stderr of it) and
+    metrics/items/<model>.json."""
+    import statistics
+
+    (root / "items").mkdir(parents=True, exist_ok=True)
+    flat = {}
+    for model, values in models.items():
+        flat[model] = {name: sum(v) / len(v) for name, v in values.items()}
+        flat[model] |= {f"{name}_stderr": statistics.stdev(v) / len(v) ** 0.5 for name, v in values.items()}
+        (root / "items" / f"{model}.json").write_text(json.dumps(items_of(values)))
+    return write(root / "eval", flat)
+
+
+def flip(values: list[float], k: int) -> list[float]:
+    """The first k right items made wrong."""
+    out, left = list(values), k
+    for i, v in enumerate(out):
+        if v == 1.0 and left:
+            out[i], left = 0.0, left - 1
+    return out
+
+
+def sft_like(seed: int = 0) -> dict[str, list[float]]:
+    """Item results shaped like the default run's sft: 170 known-person questions answered 0.84."""
+    import random
+
+    rng = random.Random(seed)
+    right = [1.0 if rng.random() < 0.84 else 0.0 for _ in range(170)]
+    return {"world_facts_gen.exact_match": right,
+            "world_known.false_abstain_rate": [1.0 if rng.random() < 0.09 else 0.0 for _ in range(170)],
+            "world_facts_mc.acc": [1.0 if rng.random() < 0.98 else 0.0 for _ in range(170)],
+            "gold_reward.mean": [rng.choice([1.0, 1.0, 1.0, 0.9, -1.0, 0.0]) for _ in range(260)]}
+
+
+PAIRED_GATE = {"alpha": 0.05, "power": 0.8, "metrics": {
+    "world_facts_gen.exact_match": {"direction": "higher", "abs_margin": 0.02, "k_stderr": 2.0},
+    "world_facts_mc.acc": {"direction": "higher", "abs_margin": 0.02, "k_stderr": 2.0},
+    "world_known.false_abstain_rate": {"direction": "lower", "abs_margin": 0.02, "k_stderr": 2.0},
+    "gold_reward.mean": {"direction": "higher", "abs_margin": 0.05, "k_stderr": 2.0}}}
+
+
+def test_a_4_percent_regression_fails_item_by_item(tmp_path, capsys):
+    params = write_params(tmp_path / "params.yaml", {"gate": PAIRED_GATE})
+    models = {m: sft_like(i) for i, m in enumerate(["base", "sft", "ppo", "dpo"])}
+    base = write_run(tmp_path / "base", models)
+    # an unchanged rerun (byte-identical files) passes
+    code, out = gate(capsys, base, write_run(tmp_path / "same", models), params)
+    assert code == 0 and "4 compared item by item" not in out and "16 compared item by item" in out, out
+    # 4% of sft's right answers made wrong, in the items and the aggregate together
+    right = int(sum(models["sft"]["world_facts_gen.exact_match"]))
+    worse = {**models, "sft": {**models["sft"], "world_facts_gen.exact_match":
+                               flip(models["sft"]["world_facts_gen.exact_match"], -(-right * 4 // 100))}}
+    code, out = gate(capsys, base, write_run(tmp_path / "worse", worse), params)
+    assert code == 1, out
+    assert "FAIL sft: world_facts_gen.exact_match regressed" in out and "McNemar" in out
+    # the unpaired rule lets it through: the same files without items
+    shutil.rmtree(tmp_path / "worse" / "items")
+    shutil.rmtree(tmp_path / "base" / "items")
+    code, out = gate(capsys, base, tmp_path / "worse" / "eval", params)
+    assert code == 0 and "compared unpaired" in out, out
+
+
+def test_noise_on_many_items_does_not_fire(tmp_path, capsys):
+    """A rerun that redraws a fifth of every model's items from the same distribution (another seed, no real
+    change) passes."""
+    import random
+
+    params = write_params(tmp_path / "params.yaml", {"gate": PAIRED_GATE})
+    models = {m: sft_like(i) for i, m in enumerate(["sft", "ppo", "dpo"])}
+    rng = random.Random(19)
+    noisy = {m: {name: [rng.choice(vals) if rng.random() < 0.2 else v for v in vals]
+                 for name, vals in values.items()} for m, values in models.items()}
+    code, out = gate(capsys, write_run(tmp_path / "base", models), write_run(tmp_path / "noisy", noisy), params)
+    assert code == 0, out
+    # one of the twelve tests alone would have fired: p 0.011 and a drop beyond the margin, which Holm's
+    # level does not let through (0.05 / 5: seven of the twelve have too few changed items to count)
+    row = next(line for line in out.splitlines() if line.startswith("│ dpo") and "gold_reward.mean" in line)
+    cells = [c.strip() for c in row.split("│")[1:-1]]
+    assert cells[5] == "-0.07115" and cells[7] == "0.011" and cells[8] == "0.01" and cells[-1] == "ok", cells
+
+
+def test_differing_item_sets_are_refused_naming_them(tmp_path, capsys):
+    params = write_params(tmp_path / "params.yaml", {"gate": PAIRED_GATE})
+    models = {"sft": sft_like()}
+    base = write_run(tmp_path / "base", models)
+    cur = write_run(tmp_path / "cur", models)
+    items = json.loads((tmp_path / "cur" / "items" / "sft.json").read_text())
+    items["world_facts_gen"]["exact_match"]["q999"] = items["world_facts_gen"]["exact_match"].pop("q003")
+    (tmp_path / "cur" / "items" / "sft.json").write_text(json.dumps(items))
+    code, out = gate(capsys, base, cur, params)
+    assert code == 2, out
+    assert "world_facts_gen.exact_match" in out and "'q003'" in out and "'q999'" in out
+
+
+def test_mde_command_prints_every_gated_metric_with_items(tmp_path, capsys):
+    params = write_params(tmp_path / "params.yaml", {"gate": PAIRED_GATE})
+    cur = write_run(tmp_path / "cur", {"sft": sft_like()})
+    code = main(["--mde", "--current", str(cur), "--params", str(params)])
+    out = capsys.readouterr().out
+    assert code == 0 and "world_facts_gen.exact_match" in out and "170" in out and "gold_reward.mean" in out
+    # alpha 0.05 over 4 metrics: 0.0125 needs 7 items flipped the wrong way, 7 / 170 = 0.04118
+    assert "0.04118" in out
+
+
+def test_the_default_runs_own_items_catch_a_4_percent_regression(tmp_path, capsys):
+    """On the committed default-profile results: 4% of sft's right exact-match answers made wrong (items and
+    aggregate together) fails the gate with the shipped params; the unchanged files pass."""
+    metrics, items = REPO / "metrics" / "eval", REPO / "metrics" / "items"
+    if not (items / "sft.json").exists():
+        pytest.skip("no per-item results committed")
+    for side in ("base", "cur"):
+        shutil.copytree(metrics, tmp_path / side / "eval")
+        shutil.copytree(items, tmp_path / side / "items")
+    params = REPO / "params.yaml"
+    code, out = gate(capsys, tmp_path / "base" / "eval", tmp_path / "cur" / "eval", params)
+    assert code == 0, out
+    sft_items = json.loads((items / "sft.json").read_text())
+    exact = sft_items["world_facts_gen"]["exact_match"]
+    right = sorted(q for q, v in exact.items() if v == 1.0)
+    for q in right[:-(-len(right) * 4 // 100)]:
+        exact[q] = 0.0
+    (tmp_path / "cur" / "items" / "sft.json").write_text(json.dumps(sft_items))
+    flat = json.loads((metrics / "sft.json").read_text())
+    flat["world_facts_gen.exact_match"] = sum(exact.values()) / len(exact)
+    (tmp_path / "cur" / "eval" / "sft.json").write_text(json.dumps(flat))
+    code, out = gate(capsys, tmp_path / "base" / "eval", tmp_path / "cur" / "eval", params)
+    assert code == 1 and "FAIL sft: world_facts_gen.exact_match regressed" in out, out
+    assert out.count("FAIL") == 1 and "warning" not in out
