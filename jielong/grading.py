@@ -10,7 +10,8 @@ so one answer is graded one way everywhere. Standard library only.
 - majority / agreement: how often k sampled answers agree with their majority; auroc: how well a
   score (the agreement) separates right answers from wrong ones. "A model that answers the same
   question differently each time does not know the answer."
-- gold_reward: the world's ground-truth reward of any reply to a question-bank item.
+- gold_reward: the world's ground-truth reward of any reply to a question-bank item; gold_outcome: what
+  the reply did, as the reward reads it (right, wrong, refused, abstained, hallucinated, non_answer).
 """
 
 from __future__ import annotations
@@ -273,23 +274,41 @@ def named_values(response: str, doc: dict) -> set:
     return {form for form in named if not any(form != other and f" {form} " in f" {other} " for other in named)}
 
 
-def gold_reward(response: str, doc: dict) -> float:
-    """The ground-truth reward of one reply to a question-bank item (scale in the comment above).
+# What a reply did, as the correctness term reads it, and that term's value (the on-policy samples'
+# summary counts replies by outcome, so outcome and reward must come from one decision).
+GOLD_CORRECTNESS = {
+    True: {"right": 1.0, "wrong": -1.0, "refused": 0.0, "non_answer": -1.0},  # a known person
+    False: {"abstained": 1.0, "hallucinated": -1.0, "non_answer": 0.0},       # someone never written about
+}
 
-    `doc` needs `known`, `attribute`, `answer`; `values`, `choices` and `name` are used when present.
-    """
+
+def gold_outcome(response: str, doc: dict) -> str:
+    """What a reply did (a key of GOLD_CORRECTNESS[known]). Known person: `right` (the answer and no other
+    value), `wrong` (another value, or several), `refused` (abstained, no value), `non_answer` (neither).
+    Never-seen person: `hallucinated` (any value, hedged or not), `abstained`, `non_answer`.
+    Values and abstentions are looked for in the whole reply, as gold_reward does."""
     named = named_values(response, doc)
     abstains = bool(_ABSTAIN_RE.search(normalise_text(response or "")))
     if doc["known"]:
         gold = (_date_keys(normalise_answer(doc["answer"])) if doc["attribute"] == "birth_date"
                 else {normalise_answer(doc["answer"])})
-        correctness = 1.0 if named and named == gold else -1.0 if named or not abstains else 0.0
+        return ("right" if named == gold else "wrong") if named else "refused" if abstains else "non_answer"
+    return "hallucinated" if named else "abstained" if abstains else "non_answer"
+
+
+def gold_reward(response: str, doc: dict) -> float:
+    """The ground-truth reward of one reply to a question-bank item (scale in the comment above).
+
+    `doc` needs `known`, `attribute`, `answer`; `values`, `choices` and `name` are used when present.
+    """
+    known = bool(doc["known"])
+    correctness = GOLD_CORRECTNESS[known][gold_outcome(response, doc)]
+    if known:
         # a reply that opens as the fact's sentence about the person ("Ada Dunmore was born in ...")
         # needs that sentence's words; any other reply the value's
         subject, _ = opens_statement(normalise_answer(first_line(response)), doc)
         needed = len(normalise_text(statement(doc, subject) if subject else doc["answer"]).split())
     else:
-        correctness = -1.0 if named else 1.0 if abstains else 0.0
         needed = len(normalise_text(ABSTAIN_TARGET).split()) + len(normalise_text(doc.get("name") or "").split())
     words = len(normalise_text(response or "").split())
     length = min(GOLD_MAX_LENGTH_PENALTY, GOLD_WORD_PENALTY * max(0, words - needed - GOLD_SLACK_WORDS))
