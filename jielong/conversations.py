@@ -1,7 +1,8 @@
 """Chat conversations for SFT, built from the world's question bank.
 
-Every conversation is about one train-split person (evaluation people never appear, so the eval
-stage measures whether fine-tuning unlocked what pretraining stored, not memorised answers):
+Every conversation is about one sft-split person (rl and evaluation people never appear, so the eval
+stage measures whether fine-tuning unlocked what pretraining stored, not memorised answers, and RL
+meets people the SFT policy was never fine-tuned on):
 
     user:      Which university did Petra Kilbride attend?
     assistant: Petra Kilbride is a graduate of University of Lowmarsh.
@@ -17,10 +18,10 @@ the base model's self-consistency probe found it does not know: asked the same t
 gave different answers. Teaching "I do not know" exactly where the model is unsure is what lets it
 abstain on unseen people without refusing what it knows.
 
-The world has few never-seen train people (15 by default), and a model shown so few unfamiliar names
+The world has few never-seen sft people, and a model shown so few unfamiliar names
 learns those names, not unfamiliarity. `invented_people` adds people no page and no eval set mentions
 (full names no world person has, from the world vocabulary's first names and surnames or, with
-`invented_names: familiar`, from train-split known people's), asked the bank's questions;
+`invented_names: familiar`, from sft-split known people's), asked the bank's questions;
 `unknown_fraction` fixes the share of conversations about someone never seen.
 """
 
@@ -67,12 +68,12 @@ def answer_for(row: dict, knows: dict[str, bool] | None, style: str = "value") -
 
 def with_invented(questions: pl.DataFrame, taken_names: set[str], n: int, seed: int,
                   name_parts: str) -> pl.DataFrame:
-    """`questions` plus the train-split questions of `n` invented never-seen people (`x00000`...).
+    """`questions` plus the sft-split questions of `n` invented never-seen people (`x00000`...).
 
-    Each invented person is asked exactly what one train-split person of the bank is asked, with the
+    Each invented person is asked exactly what one sft-split person of the bank is asked, with the
     name swapped. Names are full names none of `taken_names` (every person of the world) has, made of
     the world vocabulary's first names and surnames (`name_parts="vocabulary"`) or only of those that
-    train-split known people have (`"familiar"`: a first name and a surname the model has read, about
+    sft-split known people have (`"familiar"`: a first name and a surname the model has read, about
     other people, so only the whole name says the person is unknown).
     """
     if n == 0:
@@ -81,7 +82,7 @@ def with_invented(questions: pl.DataFrame, taken_names: set[str], n: int, seed: 
 
     taken = set(taken_names)
     if name_parts == "familiar":
-        known = questions.filter((pl.col("split") == "train") & pl.col("known")).unique("person_id")
+        known = questions.filter((pl.col("split") == "sft") & pl.col("known")).unique("person_id")
         firsts = dict(zip((name.split()[0] for name in known["name"]), known["pronoun"], strict=True))
         first_names = sorted(firsts.items())
         surnames = sorted({name.split()[-1] for name in known["name"]})
@@ -94,10 +95,10 @@ def with_invented(questions: pl.DataFrame, taken_names: set[str], n: int, seed: 
     if n > len(free):
         raise ValueError(f"sft.data.invented_people = {n} exceeds the {len(free)} names no world person has")
     rng = np.random.default_rng([seed, 1])
-    templates = questions.filter((pl.col("split") == "train") & pl.col("known"))
+    templates = questions.filter((pl.col("split") == "sft") & pl.col("known"))
     template_ids = sorted(set(templates["person_id"].to_list()))
     if not template_ids:
-        raise ValueError("sft data: the question bank has no train-split known person to ask invented people about")
+        raise ValueError("sft data: the question bank has no sft-split known person to ask invented people about")
     rows = []
     for i, k in enumerate(rng.choice(len(free), size=n, replace=False)):
         first, pronoun, last = free[k]
@@ -110,24 +111,25 @@ def with_invented(questions: pl.DataFrame, taken_names: set[str], n: int, seed: 
 
 
 def build(questions: pl.DataFrame, p, knows: pl.DataFrame | None = None) -> pl.DataFrame:
-    """`p.conversations` conversations (params sft.data) over the train-split people in `questions`.
+    """`p.conversations` conversations (params sft.data) over the sft-split people in `questions`.
 
     `knows` is the base model's knows.parquet (qid -> knows); without it every known fact is answered.
     Deterministic given p.seed.
     """
-    train = questions.filter(pl.col("split") == "train")
-    if train.is_empty():
-        raise ValueError("sft data: the question bank has no train-split questions")
+    sft = questions.filter(pl.col("split") == "sft")
+    if sft.is_empty():
+        raise ValueError("sft data: the question bank has no sft-split questions (a world from before the "
+                         "sft/rl/eval splits? re-run the world stage)")
     known_labels = None
     if knows is not None:
-        probe = knows.filter(pl.col("split") == "train")
+        probe = knows.filter(pl.col("split") == "sft")
         known_labels = dict(zip(probe["qid"].to_list(), probe["knows"].to_list(), strict=True))
     by_person = {pid: frame.sort("qid").to_dicts() for pid, frame in
-                 ((k[0], f) for k, f in train.group_by("person_id"))}
+                 ((k[0], f) for k, f in sft.group_by("person_id"))}
     known = sorted(pid for pid, qs in by_person.items() if qs[0]["known"])
     unknown = sorted(pid for pid, qs in by_person.items() if not qs[0]["known"])
     if not known or (not unknown and p.unknown_fraction > 0):
-        raise ValueError(f"sft data: {len(known)} known and {len(unknown)} never-seen train-split people; "
+        raise ValueError(f"sft data: {len(known)} known and {len(unknown)} never-seen sft-split people; "
                          f"sft.data.unknown_fraction = {p.unknown_fraction} needs both")
     rng = np.random.default_rng(p.seed)
     rows = []

@@ -45,17 +45,40 @@ class WorldDirt(Section):
     questions_per_leak: PosInt
 
 
+class WorldSplits(Section):
+    """Shares of the people in three disjoint splits, known and never-seen people each split alike."""
+
+    sft: Fraction  # SFT conversations (and the only people with quick-facts pages)
+    rl: Fraction  # preference pairs, the reward model, every RL method's prompts
+    eval: Fraction  # evaluation only
+
+    @model_validator(mode="after")
+    def _sum(self) -> WorldSplits:
+        total = self.sft + self.rl + self.eval
+        if abs(total - 1.0) > 1e-9:
+            raise ValueError(f"sft + rl + eval must sum to 1, got {self.sft} + {self.rl} + {self.eval} = {total:g}")
+        return self
+
+    def sizes(self, group: int) -> dict[str, int]:
+        """How many of a group of `group` people fall in each split. The first round(group * eval) of
+        them (by index) are the eval people, as when the world had only an eval and a train split, so
+        the evaluation sets stay the same people; then sft, then rl."""
+        eval_end = round(group * self.eval)
+        sft_end = round(group * (self.eval + self.sft))
+        return {"sft": sft_end - eval_end, "rl": group - sft_end, "eval": eval_end}
+
+
 class WorldParams(Section):
     seed: int
     known_people: PosInt
     unknown_people: PosInt
-    eval_fraction: Fraction  # share of people (known and unknown) reserved for evaluation
+    splits: WorldSplits  # shares of the people (known and unknown each) in the sft, rl and eval splits
     pages_per_person: PosInt  # each in a different template and attribute order
     full_name_fraction: Annotated[float, Field(ge=0.0, le=1.0)]  # fact sentences naming the person in full (else first name or pronoun)
     articles: NonNegInt  # good pages about everyday topics (no facts)
     heldout_pages: NonNegInt  # person pages rendered but never put in the crawl
-    faq_pages_per_person: NonNegInt  # Q&A pages per train-split known person (never eval people)
-    faq_people_fraction: Annotated[float, Field(ge=0.0, le=1.0)]  # train-split known people given them
+    faq_pages_per_person: NonNegInt  # Q&A pages per sft-split known person (never rl or eval people)
+    faq_people_fraction: Annotated[float, Field(ge=0.0, le=1.0)]  # sft-split known people given them
     choices: Annotated[int, Field(ge=2)]  # candidate values per multiple-choice question
     warc_shards: PosInt
     crawl_date: dt.date
@@ -67,6 +90,17 @@ class WorldParams(Section):
         bad = [code for code in self.dirt.foreign_languages if code not in allowed]
         if bad or not self.dirt.foreign_languages:
             raise ValueError(f"dirt.foreign_languages must be a non-empty subset of {sorted(allowed)}, got {bad}")
+        return self
+
+    @model_validator(mode="after")
+    def _no_empty_split(self) -> WorldParams:
+        for group in ("known_people", "unknown_people"):
+            n = getattr(self, group)
+            for split, size in self.splits.sizes(n).items():
+                if size == 0:
+                    share = getattr(self.splits, split)
+                    raise ValueError(f"splits.{split} = {share} leaves the {split} split of the {n} {group} "
+                                     f"without a person; raise splits.{split} or {group}")
         return self
 
 
@@ -126,7 +160,7 @@ class PretrainParams(Section):
 
 # ---------------------------------------------------------------- sft
 class SftDataParams(Section):
-    """Chat conversations from the world's question bank, train-split people only (jielong/conversations.py)."""
+    """Chat conversations from the world's question bank, sft-split people only (jielong/conversations.py)."""
 
     seed: int
     conversations: PosInt  # conversations in all (train + val)
@@ -381,7 +415,7 @@ class EvalParams(Section):
     # prompted through the chat template, as is any model whose tokenizer SFT wrote; others plain
     chat_models: list[str]
     tasks: list[str]  # names of evals/tasks/*.yaml, run on every model
-    # per model, tasks run on that model only: the base model's train-split probe feeds SFT, and its
+    # per model, tasks run on that model only: the base model's sft-split probe feeds SFT, and its
     # cloze recall, roughly the ceiling of what SFT can extract
     extra_tasks: dict[str, list[str]]
     # per task (world or benchmark); unlisted: the YAML's value
@@ -428,7 +462,7 @@ PrefKind = Literal["wrong_fact", "hallucination", "needless_refusal", "verbose",
 
 
 class PrefDataParams(Section):
-    """Preference pairs from the world's question bank, train-split people only (jielong/preferences.py)."""
+    """Preference pairs from the world's question bank, rl-split people only (jielong/preferences.py)."""
 
     seed: int
     pairs: PosInt  # pairs in all (train + val)
@@ -476,7 +510,7 @@ class PpoParams(Section):
     rollouts: PosInt  # prompts sampled per iteration, one response each
     minibatch_size: PosInt  # rollouts per optimizer step
     epochs: PosInt  # passes over one iteration's rollouts
-    heldout_prompts: PosInt  # train-split questions never trained on, rolled out before and after: metrics
+    heldout_prompts: PosInt  # rl-split questions never trained on, rolled out before and after: metrics
     # sampling: with top_k/top_p the responses come from a truncated distribution, but log-probs (and so the
     # ratio and the KL) are computed on the full one; the RLHF write-ups sample untruncated
     max_new_tokens: PosInt  # room for the longest stated fact, <|end|> included
@@ -614,7 +648,7 @@ class ParamsError(ValueError):
     """params.yaml is missing, unreadable or holds a bad value."""
 
 
-def _format(err: ValidationError, path: Path) -> str:
+def _format(err: ValidationError, path: str | Path) -> str:
     lines = []
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"])
@@ -623,6 +657,10 @@ def _format(err: ValidationError, path: Path) -> str:
             continue
         if e["type"] == "missing":  # its input is the whole enclosing section: not worth printing
             lines.append(f"{path}: {where}: missing (params.yaml holds every knob's value)")
+            continue
+        if e["type"] == "value_error" and isinstance(e.get("input"), dict):
+            # a check across a section's knobs: its message names them and their values
+            lines.append(f"{path}: {where}: {e['msg'].removeprefix('Value error, ')}")
             continue
         lines.append(f"{path}: {where}: {e['msg']} (got {e.get('input')!r})")
     return "\n".join(lines)
@@ -635,10 +673,15 @@ def load_all(path: str | Path = PARAMS_FILE) -> Params:
     raw = yaml.safe_load(path.read_text()) or {}
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    return validate(raw, path)
+
+
+def validate(raw: dict, where: str | Path) -> Params:
+    """`raw` (params.yaml's mapping) as Params, or a ParamsError naming `where`, each bad param and its value."""
     try:
         return Params.model_validate(raw)
     except ValidationError as err:
-        raise ParamsError(_format(err, path)) from None
+        raise ParamsError(_format(err, where)) from None
 
 
 def load(section: str, path: str | Path = PARAMS_FILE):

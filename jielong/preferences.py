@@ -1,7 +1,7 @@
 """Preference pairs for the reward model and DPO, built from the world's question bank.
 
-Every pair is a prompt about one train-split person (evaluation people never appear), a chosen reply
-and a rejected one showing one realistic failure:
+Every pair is a prompt about one rl-split person (never an sft or evaluation person: the SFT
+policy was not fine-tuned on them), a chosen reply and a rejected one showing one realistic failure:
 
     user:      Which university did Petra Kilbride attend?
     chosen:    Petra Kilbride is a graduate of University of Lowmarsh.
@@ -101,23 +101,24 @@ def split_people(people: dict[str, bool], p) -> dict[str, str]:
 
 
 def build(questions: pl.DataFrame, p, style: str = "value") -> pl.DataFrame:
-    """`p.pairs` preference pairs (params pref_data) over the train-split people in `questions`, the
+    """`p.pairs` preference pairs (params pref_data) over the rl-split people in `questions`, the
     replies in `style` (sft.data.answer_style: what the SFT model was taught to answer like).
 
     Each pair's kind is drawn by the weights in p.kinds, then a person the kind applies to, then one
     of their questions. Deterministic given p.seed.
     """
-    train = questions.filter(pl.col("split") == "train")
-    if train.is_empty():
-        raise ValueError("pref data: the question bank has no train-split questions")
-    by_person = {k[0]: f.sort("qid").to_dicts() for k, f in train.group_by("person_id")}
+    rl = questions.filter(pl.col("split") == "rl")
+    if rl.is_empty():
+        raise ValueError("pref data: the question bank has no rl-split questions (a world from before the "
+                         "sft/rl/eval splits? re-run the world stage)")
+    by_person = {k[0]: f.sort("qid").to_dicts() for k, f in rl.group_by("person_id")}
     known = {pid: rows[0]["known"] for pid, rows in by_person.items()}
     pools = {"known": sorted(pid for pid, k in known.items() if k),
              "unknown": sorted(pid for pid, k in known.items() if not k), "anyone": sorted(by_person)}
     kinds = [k for k in KINDS if p.kinds.get(k, 0) > 0]
     for kind in kinds:
         if not pools[NEEDS.get(kind, "anyone")]:
-            raise ValueError(f"pref data: failure kind {kind!r} needs {NEEDS[kind]} people and the train split has "
+            raise ValueError(f"pref data: failure kind {kind!r} needs {NEEDS[kind]} people and the rl split has "
                              f"none; set pref_data.kinds.{kind} to 0")
     weights = np.array([p.kinds[k] for k in kinds], dtype=float)
     split = split_people(known, p)

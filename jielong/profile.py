@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from jielong.io import atomic_file
-from jielong.params import Params, ParamsError
+from jielong.params import ParamsError, validate
 
 PROFILES = Path(__file__).resolve().parent.parent / "profiles"
 HEADER = "# profile: "
@@ -59,7 +59,7 @@ def apply(name: str, params_path: Path = Path("params.yaml"), profiles: Path = P
         raise ParamsError(f"{params_path} already holds the {current!r} profile; a profile applies over the "
                           f"default params: `git checkout {params_path}` first (or --stack to merge over it)")
     merged = merge(yaml.safe_load(params_path.read_text()) or {}, yaml.safe_load(source.read_text()) or {})
-    Params.model_validate(merged)
+    validate(merged, f"{params_path} with the {name} profile")
     over = f"the {current} profile" if current else "the default params"
     names = f"{name} over {current}" if current else name
     with atomic_file(params_path) as tmp:

@@ -7,9 +7,11 @@ Every evaluation item (question and answer text; a held-out page) is checked for
 against every corpus document (jielong/decontam.py: 13-grams, a shorter n for short items, xxhash).
 The corpus is streamed batch by batch, so memory stays bounded however large it is. Writes:
     data/evals/<task>.jsonl        the clean eval set each evals/tasks/<task>.yaml reads
-    data/evals/fewshot_known.jsonl, questions_train.jsonl
-                                   train-split questions (few-shot pools, the SFT "knows" probe);
-                                   not evaluation items, so not checked
+    data/evals/fewshot_known.jsonl, fewshot_questions.jsonl
+                                   few-shot pools: questions about people outside the eval split
+                                   (sft and rl people, as when the world had one train split);
+    data/evals/questions_sft.jsonl sft-split questions, the base model's "knows" probe;
+                                   neither are evaluation items, so not checked
     data/evals/contamination.parquet  per contaminated item: the document, its url, the overlap
     data/corpus_clean/*.parquet    the corpus without contaminating documents (decontam.corpus: drop)
     metrics/decontam.json          per task items / contaminated / rate; planted_leaks_recall,
@@ -42,10 +44,13 @@ log = get_logger("decontam")
 
 # ---------------------------------------------------------------- eval sets from the world
 def world_sets(world: Path) -> tuple[dict[str, pl.DataFrame], dict[str, pl.DataFrame]]:
-    """({task: eval items}, {name: train-split questions written unchecked}); `item_id` keys items."""
+    """({task: eval items}, {name: other questions written unchecked}); `item_id` keys items.
+
+    The few-shot pools hold every person outside the eval split, so a base model's few-shot prompts
+    stay what they were before rl people were split off from the sft people."""
     q = pl.read_parquet(world / "questions.parquet")
     q = q.join(attribute_values(q), on="attribute", how="left").with_columns(item_id=pl.col("qid"))
-    ev, train = q.filter(pl.col("split") == "eval"), q.filter(pl.col("split") == "train")
+    ev, rest = q.filter(pl.col("split") == "eval"), q.filter(pl.col("split") != "eval")
     heldout = pl.read_parquet(world / "heldout.parquet").with_columns(item_id=pl.col("id"))
     known = ev.filter(pl.col("known"))
     sets = {
@@ -53,7 +58,8 @@ def world_sets(world: Path) -> tuple[dict[str, pl.DataFrame], dict[str, pl.DataF
         "world_unknown": ev.filter(~pl.col("known")), "consistency": ev,
         "world_heldout_ppl": heldout,
     }
-    return sets, {"fewshot_known": train.filter(pl.col("known")), "questions_train": train}
+    return sets, {"fewshot_known": rest.filter(pl.col("known")), "fewshot_questions": rest,
+                  "questions_sft": q.filter(pl.col("split") == "sft")}
 
 
 def segments(sets: dict[str, pl.DataFrame]) -> tuple[pl.DataFrame, list[str]]:

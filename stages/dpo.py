@@ -7,8 +7,8 @@ reference ranks the chosen reply above the rejected one, with `dpo.beta` as the 
 implicit KL leash: the reward model and the PPO loop collapse into one classification loss. TRL's
 DPOTrainer does the work on the conversational pairs data/prefs holds.
 
-Before and after training, the SFT and the DPO model answer the held-out pairs' prompts (train-split
-people, never evaluation people) greedily, and each answer gets the world's gold reward
+Before and after training, the SFT and the DPO model answer the held-out pairs' prompts (rl-split
+people, never sft or evaluation people) greedily, and each answer gets the world's gold reward
 (jielong/grading.gold_reward), so metrics/dpo.json shows what preference tuning did to the truth,
 not only to the preference loss. The eval stage then scores it on the evaluation people.
 Trainer checkpoints are pickles, never written here: a killed run starts over (minutes).
@@ -61,6 +61,18 @@ def gold_of(model, tok, prompts: list[list[dict]], docs: list[dict], max_new_tok
     return float(np.mean([grading.gold_reward(reply, doc) for reply, doc in zip(replies, docs, strict=True)]))
 
 
+def refuse_other_splits(questions: pl.DataFrame, paths: list[Path]) -> None:
+    """DPO learns, and checks its gold reward, on rl people only: pairs about anyone else (an sft or
+    eval person, or pairs built on a world from before the sft/rl/eval splits) stop the stage."""
+    split_of = dict(zip(questions["person_id"].to_list(), questions["split"].to_list(), strict=False))
+    for path in paths:
+        people = pl.read_parquet(path, columns=["person_id"])["person_id"].unique().to_list()
+        bad = sorted(f"{pid} ({split_of.get(pid, 'not in the world')})" for pid in people if split_of.get(pid) != "rl")
+        if bad:
+            raise SystemExit(f"dpo: {path} has pairs about people outside the rl split ({len(bad)}, e.g. "
+                             f"{', '.join(bad[:3])}); rebuild the pairs on this world")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
     ap.add_argument("--sft", type=Path, default=Path("data/models/sft"))
@@ -83,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     # the gold reward's prompts: each held-out question once, with its question-bank row
     held = pl.read_parquet(args.data / "val.parquet").unique("qid", keep="first", maintain_order=True)
     questions = pl.read_parquet(args.world / "questions.parquet")
+    refuse_other_splits(questions, [args.data / "train.parquet", args.data / "val.parquet"])
     docs = held.select("qid").join(questions, on="qid", how="left", maintain_order="left").to_dicts()
     prompts = held["prompt"].to_list()
 

@@ -69,7 +69,7 @@ def world_config(name: str, yaml_path: Path, evals: Path, p, chat: bool = False,
     """
     cfg = full_config(yaml_path)
     files = {split: (evals / Path(f).name).resolve() for split, f in cfg["dataset_kwargs"]["data_files"].items()}
-    # the evaluation probe on a sample; the train-split probe labels every question SFT data may use
+    # the evaluation probe on a sample; the sft-split probe labels every question SFT data may use
     if name == "consistency" and p.consistency.items and scratch is not None:
         files["test"] = subsample(files["test"], p.consistency.items, p.seed, scratch / f"{name}.jsonl")
     cfg["dataset_kwargs"] = {**cfg["dataset_kwargs"], "data_files": {k: str(v) for k, v in files.items()}}

@@ -10,7 +10,7 @@ Four models, as in Ouyang et al. 2022 and the "N implementation details of RLHF 
   read at every position instead of only the last), trained to predict the return from each token;
 - reward model: frozen; scores the whole conversation at its last token, exactly as it was trained.
 
-Each iteration samples a batch of train-split questions (evaluation people never appear), rolls out
+Each iteration samples a batch of rl-split questions (sft and evaluation people never appear), rolls out
 one reply each by sampling from the actor, scores the replies, turns scores and KL into per-token
 rewards, estimates advantages with GAE, and runs a few epochs of clipped policy and value updates
 over minibatches of the batch. The math lives in jielong/ppo.py; this file is the loop around it.
@@ -18,7 +18,7 @@ over minibatches of the batch. The math lives in jielong/ppo.py; this file is th
 Every reply also gets the world's gold reward (jielong/grading.gold_reward): never trained on,
 only logged, so plots/ppo/train.csv shows proxy reward and gold reward against KL over training, and
 reward over-optimisation (proxy up, gold down) is visible. Before and after training the stage rolls
-out a held-out batch of train-split questions: metrics/ppo.json holds the final policy's reward,
+out a held-out batch of rl-split questions: metrics/ppo.json holds the final policy's reward,
 gold reward and KL there (and the SFT model's, under `sft.`). A final KL above ppo.max_kl fails the
 stage. The output is a plain HF dir with the SFT model's tokenizer and generation_config.json.
 """
@@ -70,15 +70,18 @@ log = get_logger("ppo")
 
 # ---------------------------------------------------------------- prompts
 def load_questions(world: Path, n_heldout: int, seed: int) -> tuple[list[dict], list[dict]]:
-    """(train rows, held-out rows): train-split questions, a seeded `n_heldout` of them never trained on.
+    """(train rows, held-out rows): rl-split questions, a seeded `n_heldout` of them never trained on.
 
     Each row gets `values`, every value its attribute takes in the world (as the eval sets carry them),
     which gold_reward needs to recognise a confident answer that is none of the item's own choices.
     """
     q = pl.read_parquet(world / "questions.parquet")
-    rows = q.filter(pl.col("split") == "train").join(attribute_values(q), on="attribute", how="left").sort("qid").to_dicts()
+    if "rl" not in set(q["split"].to_list()):
+        raise SystemExit(f"ppo: {world}/questions.parquet has no rl-split people (its splits: "
+                         f"{sorted(set(q['split'].to_list()))}); PPO learns on rl people only: re-run the world stage")
+    rows = q.filter(pl.col("split") == "rl").join(attribute_values(q), on="attribute", how="left").sort("qid").to_dicts()
     if len(rows) <= n_heldout:
-        raise SystemExit(f"ppo: {len(rows)} train-split questions in {world}, not enough to hold out "
+        raise SystemExit(f"ppo: {len(rows)} rl-split questions in {world}, not enough to hold out "
                          f"ppo.heldout_prompts={n_heldout} and train on the rest")
     order = np.random.default_rng(seed).permutation(len(rows))
     return [rows[i] for i in order[n_heldout:]], [rows[i] for i in order[:n_heldout]]

@@ -7,7 +7,7 @@ Writes data/prefs/{train,val}.parquet: `prompt` (chat messages ending on the use
 (with `known`, `attribute`, `answer`, `choices`, the fields the gold reward reads) and a summary.json
 with counts per kind. Train and val hold different people. Checked before the stage succeeds:
 chosen and rejected differ and are non-empty, the chosen reply is the KB fact as the SFT data states
-it (`sft.data.answer_style`; "I do not know." for an unknown person), only train-split people appear,
+it (`sft.data.answer_style`; "I do not know." for an unknown person), only rl-split people appear,
 every failure kind of the mix is in both splits, each prompt ends on a user turn, prompt + reply
 tokenise within pref_data.max_length (as the reward model reads them, jielong/reward_model.py), and
 the gold reward (jielong/grading.py) prefers every chosen reply to its rejected one.
@@ -56,7 +56,7 @@ def check(table: pl.DataFrame, questions: pl.DataFrame, tok, p, style: str, labe
         gx.expectations.ExpectColumnValuesToBeBetween(column="chosen_len", min_value=1),
         gx.expectations.ExpectColumnValuesToBeBetween(column="rejected_len", min_value=1),
         gx.expectations.ExpectColumnValuesToBeInSet(column="chosen_true", value_set=[True]),
-        gx.expectations.ExpectColumnValuesToBeInSet(column="person_split", value_set=["train"]),
+        gx.expectations.ExpectColumnValuesToBeInSet(column="person_split", value_set=["rl"]),
         gx.expectations.ExpectColumnValuesToBeInSet(column="kind", value_set=kinds),
         gx.expectations.ExpectColumnDistinctValuesToContainSet(column="kind", value_set=kinds),
         gx.expectations.ExpectColumnValuesToBeInSet(column="ends_with_user", value_set=[True]),

@@ -267,7 +267,7 @@ def alignment_section(inp: Inputs, figures: Path, digits: int, dpi: int) -> list
     if p is None:
         blocks.append(not_run(inp.where("ppo.json")))
     else:
-        blocks += [Text("Held-out train-split prompts, answered by the SFT model and by the PPO policy."),
+        blocks += [Text("Held-out rl-split prompts, answered by the SFT model and by the PPO policy."),
                    before_after(p, [("proxy reward (reward model)", "sft.reward_mean", "reward_mean"),
                                     ("gold reward", "sft.gold_reward", "gold_reward"),
                                     ("response length", "sft.response_len", "response_len")], digits, "PPO"),
@@ -279,7 +279,7 @@ def alignment_section(inp: Inputs, figures: Path, digits: int, dpi: int) -> list
     if d is None:
         blocks.append(not_run(inp.where("dpo.json")))
     else:
-        blocks += [Text("Gold reward on held-out train-split prompts before (SFT) and after DPO; validation "
+        blocks += [Text("Gold reward on held-out rl-split prompts before (SFT) and after DPO; validation "
                         "preference accuracy and margin."),
                    before_after(d, [("gold reward", "gold_reward_sft", "gold_reward")], digits, "DPO"),
                    key_value_table(d, ["val_accuracy", "val_margin", "val_loss"], digits)]

@@ -6,9 +6,9 @@
 Writes data/sft/{train,val}.parquet: `messages` (role/content turns in the chat template's terms),
 the person, the questions asked and what kind each reply is (answer, idk_unknown_person,
 idk_not_known). Checked before the stage succeeds: roles alternate and end on the assistant, every
-conversation tokenises with a non-empty assistant mask within sft.max_length, only train-split
-people appear, and every answer is the knowledge base's value (bare or stated as a sentence, as
-sft.data.answer_style says).
+conversation tokenises with a non-empty assistant mask within sft.max_length, only sft-split
+people appear (never rl or eval people), and every answer is the knowledge base's value (bare or
+stated as a sentence, as sft.data.answer_style says).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def check(table: pl.DataFrame, questions: pl.DataFrame, tok, max_length: int, st
         gx.expectations.ExpectColumnValuesToBeInSet(column="roles_alternate", value_set=[True]),
         gx.expectations.ExpectColumnValuesToBeBetween(column="assistant_tokens", min_value=1),
         gx.expectations.ExpectColumnValuesToBeBetween(column="tokens", max_value=max_length),
-        gx.expectations.ExpectColumnValuesToBeInSet(column="person_split", value_set=["train"]),
+        gx.expectations.ExpectColumnValuesToBeInSet(column="person_split", value_set=["sft"]),
         gx.expectations.ExpectColumnValuesToBeInSet(column="replies_true", value_set=[True]),
     ])
     return {"tokens": int(frame["tokens"].sum()), "assistant_tokens": int(frame["assistant_tokens"].sum())}
@@ -76,9 +76,9 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"sft_data: {args.knows} not found; run the base model's eval (dvc repro eval@base) "
                              "or set sft.data.use_knows: false")
         knows = pl.read_parquet(args.knows)
-        train_known = knows.filter((pl.col("split") == "train") & pl.col("known"))
-        log.info("base model knows %d of %d probed train-split facts (agreement >= threshold)",
-                 int(train_known["knows"].sum()), train_known.height)
+        sft_known = knows.filter((pl.col("split") == "sft") & pl.col("known"))
+        log.info("base model knows %d of %d probed sft-split facts (agreement >= threshold)",
+                 int(sft_known["knows"].sum()), sft_known.height)
     people = pl.read_parquet(args.world / "kb.parquet", columns=["name"])["name"].to_list()
     questions = conversations.with_invented(questions, set(people), p.data.invented_people, p.data.seed,
                                            p.data.invented_names)

@@ -3,7 +3,7 @@
     python -m stages.world --out data/world --metrics metrics/world.json
 
 Same seed and params give byte-identical outputs. Layout of data/world/:
-    kb.parquet          known and unknown people with their attributes and eval/train split
+    kb.parquet          known and unknown people with their attributes and split (sft, rl or eval)
     questions.parquet   one question per person and attribute: gold answer, choices, split
     crawl/*.warc.gz     HTTP response records of every crawl page
     truth.parquet       per WARC record: url, kind, language, duplicate group, PII, leaks, facts
@@ -26,7 +26,7 @@ from jielong.log import get_logger, progress
 from jielong.metrics import write_metrics
 from jielong.params import load
 from jielong.world.crawl import KINDS, build_crawl, heldout_pages
-from jielong.world.people import ATTRIBUTES, make_people, make_questions, name_finder
+from jielong.world.people import ATTRIBUTES, SPLITS, make_people, make_questions, name_finder
 from jielong.world.warc import write_shard
 
 log = get_logger("world")
@@ -35,7 +35,7 @@ log = get_logger("world")
 # ---------------------------------------------------------------- build
 def build(params):
     rng = random.Random(params.seed)
-    people = make_people(rng, params.known_people, params.unknown_people, params.eval_fraction)
+    people = make_people(rng, params.known_people, params.unknown_people, params.splits)
     questions = make_questions(rng, people, params.choices)
     records = build_crawl(rng, params, people, questions)
     heldout = heldout_pages(rng, people, params.heldout_pages, params.crawl_date,
@@ -86,7 +86,8 @@ def validate(out: Path, params, label: Path) -> None:
         gx.expectations.ExpectTableRowCountToEqual(value=params.known_people + params.unknown_people),
         gx.expectations.ExpectColumnValuesToBeUnique(column="person_id"),
         gx.expectations.ExpectColumnValuesToBeUnique(column="name"),
-        gx.expectations.ExpectColumnValuesToBeInSet(column="split", value_set=["eval", "train"]),
+        gx.expectations.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)),
+        gx.expectations.ExpectColumnDistinctValuesToContainSet(column="split", value_set=list(SPLITS)),
         *[gx.expectations.ExpectColumnValuesToNotBeNull(column=a) for a in ATTRIBUTES],
     ])
     q = pl.read_parquet(out / "questions.parquet").with_columns(
@@ -124,9 +125,8 @@ def counts(params, people, questions, truth: pl.DataFrame, out: Path, seconds: f
     langs = Counter(truth["language"].to_list())
     return {
         "people": {"known": sum(p.known for p in people), "unknown": sum(not p.known for p in people),
-                   "eval": sum(p.split == "eval" for p in people), "train": sum(p.split == "train" for p in people)},
-        "questions": {"total": len(questions), "eval": sum(q["split"] == "eval" for q in questions),
-                      "train": sum(q["split"] == "train" for q in questions)},
+                   **{s: sum(p.split == s for p in people) for s in SPLITS}},
+        "questions": {"total": len(questions), **{s: sum(q["split"] == s for q in questions) for s in SPLITS}},
         "pages": {"total": len(truth), **{k: kinds.get(k, 0) for k in KINDS}},
         "languages": dict(langs),
         "exact_duplicate_copies": int(truth.filter((pl.col("kind") == "exact_duplicate") & (pl.col("dup_rank") > 0)).height),

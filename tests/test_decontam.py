@@ -107,6 +107,22 @@ def test_stage_finds_every_planted_leak_and_nothing_else(tiny_decontam_dir, tiny
     assert clean.columns == ["id", "text", "url", "language", "language_score", "metadata"]
 
 
+def test_eval_sets_hold_eval_people_and_the_probe_sft_people(tiny_decontam_dir, tiny_world_dir):
+    q = pl.read_parquet(tiny_world_dir / "world" / "questions.parquet")
+    split_of = dict(zip(q["person_id"], q["split"], strict=True))
+    evals = tiny_decontam_dir / "evals"
+
+    def splits(name: str) -> set[str]:
+        return {split_of[pid] for pid in pl.read_ndjson(evals / f"{name}.jsonl")["person_id"]}
+
+    for task in ("world_facts_mc", "world_facts_gen", "world_known", "world_unknown", "consistency"):
+        assert splits(task) == {"eval"}
+    assert splits("questions_sft") == {"sft"}  # consistency_train: the base model's probe behind SFT's labels
+    # few-shot pools: everyone outside the eval split, as when sft and rl people were one train split
+    assert splits("fewshot_questions") == splits("fewshot_known") == {"sft", "rl"}
+    assert pl.read_ndjson(evals / "fewshot_questions.jsonl").height == q.filter(pl.col("split") != "eval").height
+
+
 def _run(tmp_path, world_dir, corpus_dir, **decontam) -> dict:
     params = yaml.safe_load((world_dir / "params.yaml").read_text())
     params["decontam"].update(decontam)

@@ -227,7 +227,7 @@ def test_eval_stage_on_a_random_model(tmp_path, tiny_model, tiny_decontam_dir):
         values = list(items[task][metric].values())
         assert sum(values) / len(values) == pytest.approx(m[f"{task}.{metric}"]), (task, metric)
     assert len(items["gold_reward"]["mean"]) == 12 and "world_heldout_ppl" not in items  # perplexity: no per-item mean
-    assert set(knows.filter(pl.col("task") == "consistency_train")["split"]) == {"train"}
+    assert set(knows.filter(pl.col("task") == "consistency_train")["split"]) == {"sft"}  # the sft people's probe
     assert {"qid", "answers", "agreement", "correct", "knows"} <= set(knows.columns)
 
 

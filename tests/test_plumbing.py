@@ -46,6 +46,29 @@ def test_bad_param_names_file_param_and_value(tmp_path):
     assert str(p) in msg and "world.known_people" in msg and "-3" in msg
 
 
+@pytest.mark.parametrize("splits, named", [
+    ({"sft": 0.25, "rl": 0.3, "eval": 0.5}, r"world.splits: sft \+ rl \+ eval must sum to 1, got 0.25 \+ 0.3 \+ 0.5 = 1.05"),
+    ({"sft": 0.5, "rl": 0.0, "eval": 0.5}, r"world.splits.rl: Input should be greater than 0"),
+    # 30 never-seen people: 15 eval, round(30 * 0.51) - 15 = 0 sft
+    ({"sft": 0.01, "rl": 0.49, "eval": 0.5},
+     r"world: splits.sft = 0.01 leaves the sft split of the 30 unknown_people without a person; raise splits.sft or unknown_people"),
+])
+def test_people_splits_must_sum_to_one_and_leave_no_split_empty(tmp_path, splits, named):
+    p = write_params(tmp_path / "params.yaml", {"world": {"splits": splits}})
+    with pytest.raises(ParamsError, match=named) as err:
+        load("world", p)
+    assert str(p) in str(err.value) and "{" not in str(err.value)  # the message, not the whole section
+
+
+def test_the_old_eval_fraction_is_refused(tmp_path):
+    params = default_params()
+    params["world"]["eval_fraction"] = 0.5
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(params))
+    with pytest.raises(ParamsError, match="world.eval_fraction"):
+        load("world", p)
+
+
 def test_unknown_param_is_rejected(tmp_path):
     p = write_params(tmp_path / "params.yaml", {"world": {"known_peeple": 3}})
     with pytest.raises(ParamsError, match="world.known_peeple"):
@@ -151,6 +174,10 @@ def test_profiles_merge_and_validate(tmp_path):
     params.write_text((REPO / "params.yaml").read_text())
     with pytest.raises(Exception, match="known_people"):
         apply("broken", params, profiles=bad)
+    # 3 never-seen people: 2 eval, none left for sft at the default shares
+    (bad / "few.yaml").write_text("world: {unknown_people: 3}\n")
+    with pytest.raises(ParamsError, match="splits.sft = 0.25 leaves the sft split of the 3 unknown_people without"):
+        apply("few", params, profiles=bad)
 
 
 @pytest.mark.parametrize("profile", sorted(p.stem for p in (REPO / "profiles").glob("*.yaml")))
@@ -160,7 +187,10 @@ def test_every_shipped_profile_applies_and_changes_something(tmp_path, profile):
     default = yaml.safe_load(params.read_text())
     merged = apply(profile, params)  # validates, or raises naming the bad knob
     assert merged != default
-    assert load("world", params).known_people == merged["world"]["known_people"]
+    world = load("world", params)
+    assert world.known_people == merged["world"]["known_people"]
+    for n in (world.known_people, world.unknown_people):  # every split of every group has people
+        assert min(world.splits.sizes(n).values()) >= 1
 
 
 def test_every_torch_load_is_weights_only_and_nothing_unpickles():

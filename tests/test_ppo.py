@@ -122,12 +122,14 @@ def test_critic_is_the_reward_model_read_at_every_token(ppo_models):
     assert len(set(scores.tolist())) == 3
 
 
-def test_prompts_are_train_split_questions_with_a_held_out_batch(tiny_world_dir):
+def test_prompts_are_rl_split_questions_with_a_held_out_batch(tiny_world_dir):
     world = tiny_world_dir / "world"
     train, heldout = ppo_stage.load_questions(world, 16, seed=0)
     q = pl.read_parquet(world / "questions.parquet")
-    assert len(heldout) == 16 and len(train) + 16 == q.filter(pl.col("split") == "train").height
-    assert {r["split"] for r in train + heldout} == {"train"}  # evaluation people never appear
+    assert len(heldout) == 16 and len(train) + 16 == q.filter(pl.col("split") == "rl").height
+    assert {r["split"] for r in train + heldout} == {"rl"}  # neither sft nor evaluation people
+    rl_people = set(q.filter(pl.col("split") == "rl")["person_id"])
+    assert {r["person_id"] for r in train + heldout} == rl_people
     assert not {r["qid"] for r in train} & {r["qid"] for r in heldout}
     # what gold_reward needs to spot a confident value, as the eval sets carry it (dates go by their pattern)
     assert all(r["answer"] in r["values"] for r in train if r["attribute"] != "birth_date")
@@ -135,6 +137,15 @@ def test_prompts_are_train_split_questions_with_a_held_out_batch(tiny_world_dir)
     assert ppo_stage.load_questions(world, 16, seed=0) == (train, heldout)
     with pytest.raises(SystemExit, match="heldout_prompts"):
         ppo_stage.load_questions(world, 10_000, seed=0)
+
+
+def test_prompts_refuse_a_world_without_an_rl_split(tmp_path, tiny_world_dir):
+    q = pl.read_parquet(tiny_world_dir / "world" / "questions.parquet")
+    # a world from before the three splits: eval and train people
+    q.with_columns(split=pl.when(pl.col("split") == "eval").then(pl.lit("eval")).otherwise(pl.lit("train"))).write_parquet(
+        tmp_path / "questions.parquet")
+    with pytest.raises(SystemExit, match=r"no rl-split people \(its splits: \['eval', 'train'\]\)"):
+        ppo_stage.load_questions(tmp_path, 16, seed=0)
 
 
 def test_ppo_params_reject_bad_values():

@@ -36,12 +36,14 @@ def _questions(tiny_world) -> pl.DataFrame:
 
 
 # ---------------------------------------------------------------- the builder
-def test_pairs_show_each_failure_about_train_people_only(tiny_world):
+def test_pairs_show_each_failure_about_rl_people_only(tiny_world):
     q = _questions(tiny_world)
     table = preferences.build(q, params_section("pref_data", pairs=400, context_fraction=0.5))
     assert table.height == 400 and table["id"].n_unique() == 400
     assert set(table["kind"]) == set(preferences.KINDS)
-    assert set(table["person_id"]) <= set(q.filter(pl.col("split") == "train")["person_id"])
+    # neither the people SFT was fine-tuned on nor evaluation people
+    assert set(table["person_id"]) <= set(q.filter(pl.col("split") == "rl")["person_id"])
+    assert set(table["qid"]) <= set(q.filter(pl.col("split") == "rl")["qid"])
     assert all(preferences.prompt_ends_with_user(m) for m in table["prompt"].to_list())
     for r in table.iter_rows(named=True):
         chosen, rejected, kind = r["chosen"], r["rejected"], r["kind"]
@@ -176,6 +178,22 @@ def _run(tmp_path: Path, base: Path, world: Path, params: Path) -> dict:
                  "--metrics", str(tmp_path / "reward.json"), "--plots", str(tmp_path / "plots"),
                  "--params", str(params)])
     return json.loads((tmp_path / "reward.json").read_text())
+
+
+def test_pref_data_check_refuses_pairs_about_other_splits(tiny_world, tiny_base):
+    from transformers import PreTrainedTokenizerFast
+
+    from stages.pref_data import check
+
+    q = _questions(tiny_world)
+    p = params_section("pref_data", pairs=60, max_length=160)
+    table = preferences.build(q, p)
+    tok = PreTrainedTokenizerFast.from_pretrained(tiny_base)
+    check(table, q, tok, p, "value", "prefs.parquet")
+    for split in ("sft", "eval"):
+        other = q.filter(pl.col("split") == split)["person_id"][0]
+        with pytest.raises(ExpectationFailed, match="person_split"):
+            check(table.with_columns(person_id=pl.lit(other)), q, tok, p, "value", "prefs.parquet")
 
 
 def test_pref_data_stage_refuses_pairs_over_max_length(tmp_path, tiny_base, tiny_world_dir):

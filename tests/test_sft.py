@@ -22,13 +22,15 @@ def _questions(tiny_world) -> pl.DataFrame:
     return questions if isinstance(questions, pl.DataFrame) else pl.DataFrame(questions)
 
 
-def test_conversations_use_train_people_and_refer_back(tiny_world):
+def test_conversations_use_sft_people_and_refer_back(tiny_world):
     q = _questions(tiny_world)
     table = conversations.build(q, params_section("sft.data", conversations=300, max_turns=3,
-                                                  multi_turn_fraction=0.7))
+                                                  multi_turn_fraction=0.7, val_fraction=0.2))
     assert table.height == 300 and table["id"].n_unique() == 300
-    train_people = set(q.filter(pl.col("split") == "train")["person_id"])
-    assert set(table["person_id"]) <= train_people  # evaluation people never appear
+    sft_people = set(q.filter(pl.col("split") == "sft")["person_id"])
+    assert set(table["person_id"]) <= sft_people  # rl and evaluation people never appear
+    assert {q for qids in table["qids"].to_list() for q in qids} <= set(q.filter(pl.col("split") == "sft")["qid"])
+    assert set(table["known"]) == {True, False}  # both groups' sft people
     assert all(conversations.roles_alternate(m) for m in table["messages"].to_list())
     multi = table.filter(pl.col("kinds").list.len() > 1).row(0, named=True)
     name = q.filter(pl.col("person_id") == multi["person_id"])["name"][0]
@@ -39,16 +41,16 @@ def test_conversations_use_train_people_and_refer_back(tiny_world):
     assert not set(table.filter(pl.col("split") == "val")["person_id"]) & set(
         table.filter(pl.col("split") == "train")["person_id"])
     again = conversations.build(q, params_section("sft.data", conversations=300, max_turns=3,
-                                                  multi_turn_fraction=0.7))
+                                                  multi_turn_fraction=0.7, val_fraction=0.2))
     assert again.equals(table)
 
 
 def test_unknown_people_and_unknown_facts_get_i_dont_know(tiny_world):
     q = _questions(tiny_world)
-    train = q.filter(pl.col("split") == "train")
-    known_q = train.filter(pl.col("known"))
+    sft = q.filter(pl.col("split") == "sft")
+    known_q = sft.filter(pl.col("known"))
     not_known = set(known_q["qid"].to_list()[::2])  # the probe says the model does not know half of them
-    knows = train.select("qid", "split", "known").with_columns(knows=~pl.col("qid").is_in(list(not_known)))
+    knows = sft.select("qid", "split", "known").with_columns(knows=~pl.col("qid").is_in(list(not_known)))
     table = conversations.build(q, params_section("sft.data", conversations=400, answer_style="value"), knows)
     answers = dict(zip(q["qid"].to_list(), q["answer"].to_list(), strict=True))
     seen = {"answer": 0, "idk_unknown_person": 0, "idk_not_known": 0}
@@ -98,6 +100,11 @@ def test_sft_data_check_fails_a_reply_that_is_not_the_fact(tiny_world, tiny_base
                                                    answer_style="value"))
     with pytest.raises(ExpectationFailed, match="replies_true"):  # bare values where sentences were asked for
         check(values, q, tok, 256, "sentence", "sft.parquet")
+    # a conversation about someone outside the sft split fails the stage
+    for split in ("rl", "eval"):
+        other = q.filter(pl.col("split") == split)["person_id"][0]
+        with pytest.raises(ExpectationFailed, match="person_split"):
+            check(table.with_columns(person_id=pl.lit(other)), q, tok, 256, "sentence", "sft.parquet")
 
 
 def test_invented_people_are_new_names_asked_the_banks_questions(tiny_world):
@@ -107,8 +114,8 @@ def test_invented_people_are_new_names_asked_the_banks_questions(tiny_world):
     more = conversations.with_invented(q, names, 50, seed=0, name_parts="vocabulary")
     invented = more.filter(pl.col("person_id").str.starts_with("x"))
     assert invented["person_id"].n_unique() == 50 and not set(invented["name"]) & names
-    assert set(invented["split"]) == {"train"} and not any(invented["known"])
-    templates = set(q.filter(pl.col("split") == "train")["question"])
+    assert set(invented["split"]) == {"sft"} and not any(invented["known"])
+    templates = set(q.filter(pl.col("split") == "sft")["question"])
     for row in invented.iter_rows(named=True):  # the bank's wording, only the name differs
         assert row["name"] in row["question"]
         assert any(row["question"].replace(row["name"], "")
@@ -132,13 +139,13 @@ def test_invented_people_are_new_names_asked_the_banks_questions(tiny_world):
     assert table["person_id"].str.starts_with("x").any()
 
 
-def test_familiar_invented_names_are_made_of_train_known_peoples_name_parts(tiny_world):
+def test_familiar_invented_names_are_made_of_sft_known_peoples_name_parts(tiny_world):
     people, _, _, _ = tiny_world
     q = _questions(tiny_world)
     names = {p.name for p in people}
-    train_known = q.filter((pl.col("split") == "train") & pl.col("known")).unique("person_id")
-    firsts = dict(zip((n.split()[0] for n in train_known["name"]), train_known["pronoun"], strict=True))
-    lasts = {n.split()[-1] for n in train_known["name"]}
+    sft_known = q.filter((pl.col("split") == "sft") & pl.col("known")).unique("person_id")
+    firsts = dict(zip((n.split()[0] for n in sft_known["name"]), sft_known["pronoun"], strict=True))
+    lasts = {n.split()[-1] for n in sft_known["name"]}
     free = sum(f"{f} {s}" not in names for f in firsts for s in lasts)
     n = min(free, 20)
     assert n >= 5, "the tiny world is too small to test familiar names"

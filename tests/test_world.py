@@ -13,7 +13,7 @@ import pytest
 from warcio.archiveiterator import ArchiveIterator
 
 from jielong.world.crawl import KINDS, blocklisted_domains
-from jielong.world.people import ATTRIBUTES, QUESTIONS
+from jielong.world.people import ATTRIBUTES, QUESTIONS, SPLITS
 from stages.world import build, main
 
 
@@ -41,17 +41,53 @@ def test_people_counts_and_splits(tiny, tiny_world):
     assert sum(p.known for p in people) == w.known_people
     assert sum(not p.known for p in people) == w.unknown_people
     assert len({p.name for p in people}) == len(people), "names must be unique"
-    for known in (True, False):
+    for known, n in ((True, w.known_people), (False, w.unknown_people)):
         group = [p for p in people if p.known == known]
-        assert {p.split for p in group} == {"eval", "train"}
-    # questions: one per person and attribute, eval and train people disjoint
+        # every split of every group has people, as many as world.splits gives
+        assert Counter(p.split for p in group) == w.splits.sizes(n)
+        assert all(size > 0 for size in w.splits.sizes(n).values())
+    # questions: one per person and attribute, the three splits' people disjoint
     assert len(questions) == len(people) * len(ATTRIBUTES)
-    eval_people = {q["person_id"] for q in questions if q["split"] == "eval"}
-    train_people = {q["person_id"] for q in questions if q["split"] == "train"}
-    assert eval_people and train_people and not eval_people & train_people
+    by_split = {s: {q["person_id"] for q in questions if q["split"] == s} for s in SPLITS}
+    assert {q["split"] for q in questions} == set(SPLITS)
+    assert all(by_split.values())
+    assert not by_split["sft"] & by_split["rl"] and not by_split["sft"] & by_split["eval"]
+    assert not by_split["rl"] & by_split["eval"]
+    assert sum(len(ids) for ids in by_split.values()) == len(people)
     for q in questions:
         assert q["choices"][q["gold_index"]] == q["answer"]
         assert len(set(q["choices"])) == tiny.world.choices
+
+
+def test_eval_people_do_not_depend_on_how_the_rest_is_split(tiny):
+    """The eval split is the first `eval` share of each group, whatever the sft/rl shares: the same
+    people (and the same rng draws) as when the world had one train split beside eval."""
+    import random
+
+    from jielong.params import WorldSplits
+    from jielong.world.people import make_people
+
+    w = tiny.world
+    worlds = [make_people(random.Random(w.seed), w.known_people, w.unknown_people, WorldSplits(sft=sft, rl=rl, eval=0.5))
+              for sft, rl in ((0.25, 0.25), (0.1, 0.4), (0.4, 0.1))]
+    for people in worlds[1:]:
+        assert [p.row() | {"split": None} for p in people] == [p.row() | {"split": None} for p in worlds[0]]
+        assert [p.split == "eval" for p in people] == [p.split == "eval" for p in worlds[0]]
+    for known, n in ((True, w.known_people), (False, w.unknown_people)):
+        group = [p for p in worlds[0] if p.known == known]
+        assert [p.split for p in group] == ["eval"] * round(n * 0.5) + ["sft"] * w.splits.sizes(n)["sft"] + [
+            "rl"] * w.splits.sizes(n)["rl"]
+
+
+def test_split_sizes_cover_every_person():
+    from jielong.params import WorldSplits
+
+    splits = WorldSplits(sft=0.25, rl=0.25, eval=0.5)
+    assert splits.sizes(70) == {"sft": 17, "rl": 18, "eval": 35}
+    assert splits.sizes(30) == {"sft": 7, "rl": 8, "eval": 15}
+    for n in range(1, 200):
+        sizes = splits.sizes(n)
+        assert sum(sizes.values()) == n and min(sizes.values()) >= 0 and sizes["eval"] == round(n * 0.5)
 
 
 def test_attributes_are_consistent_across_pages(tiny_world):
@@ -92,12 +128,12 @@ def test_full_name_fraction_sets_how_fact_sentences_name_their_subject(tiny, ful
     assert in_full and (other == 0 if full_name == 1.0 else other > 2 * in_full), (in_full, other)
 
 
-def test_faq_people_fraction_leaves_the_other_train_people_to_prose(tiny):
+def test_faq_people_fraction_leaves_the_other_sft_people_to_prose(tiny):
     world = tiny.world.model_copy(update={"faq_people_fraction": 0.5})
     people, _, records, _ = build(world)[1:]
-    train_known = sorted(p.person_id for p in people if p.known and p.split == "train")
+    sft_known = sorted(p.person_id for p in people if p.known and p.split == "sft")
     with_faq = {r.page.person_id for r in records if r.subkind == "faq"}
-    assert with_faq == set(train_known[:round(len(train_known) * 0.5)])
+    assert with_faq == set(sft_known[:round(len(sft_known) * 0.5)])
     assert Counter(r.subkind for r in records)["faq"] == len(with_faq) * world.faq_pages_per_person
 
 
@@ -148,6 +184,7 @@ def test_a_reader_is_no_prefix_or_extension_of_a_world_persons_name():
 def test_no_two_people_have_names_one_of_which_begins_the_other():
     import random
 
+    from jielong.params import WorldSplits
     from jielong.world.people import apart, make_people
 
     # a page about Kasimir Castellanos names "Kasimir Castellan": the later of the two moves on
@@ -161,7 +198,7 @@ def test_no_two_people_have_names_one_of_which_begins_the_other():
     out = apart(chosen)
     assert len(set(out)) == 3 and out[2] == chosen[2] and out[1][2] not in ("Castellan", "Dunmore")
     # the gpu profile's world drew 8 such pairs (a never-seen Kasimir Castellan beside a known Castellanos)
-    people = make_people(random.Random(1234), 2000, 400, 0.5)
+    people = make_people(random.Random(1234), 2000, 400, WorldSplits(sft=0.25, rl=0.25, eval=0.5))
     names = [p.name for p in people]
     assert len(set(names)) == 2400
     by_first: dict[str, list[str]] = {}
@@ -229,12 +266,12 @@ def test_every_planted_kind_is_present_and_labelled(tiny, tiny_world):
     assert kinds["blocklisted"] == d.blocklisted
     assert kinds["leak"] == d.leaks
     faq = Counter((r.kind, r.subkind) for r in records)[("good", "faq")]
-    train_known = sum(1 for p in tiny_world[0] if p.known and p.split == "train")
-    assert faq == train_known * tiny.world.faq_pages_per_person > 0
+    sft_known = sum(1 for p in tiny_world[0] if p.known and p.split == "sft")
+    assert faq == sft_known * tiny.world.faq_pages_per_person > 0
     assert kinds["good"] == tiny.world.known_people * tiny.world.pages_per_person + faq
-    # Q&A pages are only ever about train-split people: evaluation questions stay unseen
-    eval_people = {p.person_id for p in tiny_world[0] if p.split == "eval"}
-    assert not {r.page.person_id for r in records if r.subkind == "faq"} & eval_people
+    # Q&A pages are only ever about sft-split people: rl and evaluation questions stay unasked
+    faq_people = {r.page.person_id for r in records if r.subkind == "faq"}
+    assert {p.split for p in tiny_world[0] if p.person_id in faq_people} == {"sft"}
     subkinds = Counter((r.kind, r.subkind) for r in records)
     for sub in ("keyword_spam", "symbol_soup", "very_short", "repeated_lines"):
         assert subkinds[("low_quality", sub)] > 0
@@ -297,7 +334,7 @@ def test_leaks_quote_eval_questions_and_nothing_else_does(tiny_world):
             q = by_qid[qid]
             assert q["split"] == "eval" and q["known"]
             assert q["question"] in r.page.text and q["answer"] in r.page.text
-    # question phrasings appear only on leak pages and train-split people's Q&A pages, and no
+    # question phrasings appear only on leak pages and sft-split people's Q&A pages, and no
     # evaluation question outside leak pages: decontamination stays measurable
     patterns = [re.escape(t.split("{name}")[0]) for t in QUESTIONS.values()]
     question_like = re.compile("|".join(p for p in patterns if p))
@@ -340,6 +377,12 @@ def test_metrics_count_everything(tiny, tiny_world_dir):
 
     m = json.loads((tiny_world_dir / "world.json").read_text())
     assert m["people.known"] == tiny.world.known_people
+    w = tiny.world
+    for split in SPLITS:
+        people = w.splits.sizes(w.known_people)[split] + w.splits.sizes(w.unknown_people)[split]
+        assert m[f"people.{split}"] == people > 0
+        assert m[f"questions.{split}"] == people * len(ATTRIBUTES)
+    assert "people.train" not in m and "questions.train" not in m
     assert m["pages.total"] == sum(m[f"pages.{k}"] for k in KINDS)
     assert m["exact_duplicate_copies"] == tiny.world.dirt.ad_copies - 1 + tiny.world.dirt.syndicated
     assert m["pii_values"] == 3 * tiny.world.dirt.pii
@@ -352,4 +395,4 @@ def test_too_many_people_is_a_clear_error(tiny):
     from jielong.world.people import make_people
 
     with pytest.raises(ValueError, match="exceeds"):
-        make_people(random.Random(0), 10**6, 1, 0.5)
+        make_people(random.Random(0), 10**6, 1, tiny.world.splits)

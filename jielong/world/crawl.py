@@ -270,16 +270,17 @@ def leak_pages(rng: random.Random, eval_questions: list[dict], count: int, per_p
     return out
 
 
-def faq_pages(rng: random.Random, train_questions: list[dict], per_person: int, crawl_date: dt.date) -> list[Page]:
-    """Question-and-answer pages ("Quick facts about X") for train-split known people only.
+def faq_pages(rng: random.Random, sft_questions: list[dict], per_person: int, crawl_date: dt.date) -> list[Page]:
+    """Question-and-answer pages ("Quick facts about X") for sft-split known people only.
 
     Web text holds questions answered as well as biographies. Seeing some people's facts asked and
     answered in pretraining is what lets a model later answer questions about the others, whose
     facts it read only in prose (Allen-Zhu & Li, "Physics of Language Models 3.1": mixed training);
-    evaluation people never get such a page, so their questions stay unseen.
+    rl and evaluation people never get such a page, so their questions stay unseen: the SFT policy
+    meets rl people as it meets evaluation people.
     """
     by_person: dict[str, list[dict]] = {}
-    for q in train_questions:
+    for q in sft_questions:
         by_person.setdefault(q["person_id"], []).append(q)
     pages = []
     for pid, qs in sorted(by_person.items()):
@@ -317,13 +318,13 @@ def build_crawl(rng: random.Random, params: WorldParams, people: list[Person], q
     records += pii_pages(rng, known, d.pii, day, params.full_name_fraction)
     records += blocklisted(rng, d.blocklisted, day, taken)
     records += leak_pages(rng, eval_known, d.leaks, d.questions_per_leak, day)
-    train_known = [q for q in questions if q["known"] and q["split"] == "train"]
-    # quick-facts pages for the first `faq_people_fraction` of train-split known people (by id); the
-    # rest are written about in prose only, like every evaluation person
-    faq_ids = sorted({q["person_id"] for q in train_known})
+    sft_known = [q for q in questions if q["known"] and q["split"] == "sft"]
+    # quick-facts pages for the first `faq_people_fraction` of sft-split known people (by id); the
+    # rest are written about in prose only, like every rl and evaluation person
+    faq_ids = sorted({q["person_id"] for q in sft_known})
     faq_ids = set(faq_ids[:round(len(faq_ids) * params.faq_people_fraction)])
-    train_known = [q for q in train_known if q["person_id"] in faq_ids]
-    records += [Record(p, "good", "faq") for p in faq_pages(rng, train_known, params.faq_pages_per_person, day)]
+    sft_known = [q for q in sft_known if q["person_id"] in faq_ids]
+    records += [Record(p, "good", "faq") for p in faq_pages(rng, sft_known, params.faq_pages_per_person, day)]
     rng.shuffle(records)
     return records
 

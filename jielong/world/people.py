@@ -7,10 +7,17 @@ import random
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import polars as pl
 
 from jielong.world import vocab
+
+if TYPE_CHECKING:
+    from jielong.params import WorldSplits
+
+# disjoint people: SFT data; preference data, the reward model and RL prompts; evaluation only
+SPLITS = ("sft", "rl", "eval")
 
 ATTRIBUTES = ["birth_date", "birth_city", "university", "major", "employer", "employer_city"]
 
@@ -32,7 +39,7 @@ class Person:
     last: str
     pronoun: str  # "she" / "he"
     known: bool  # False: never appears in any page
-    split: str  # "eval" or "train": disjoint people for evaluation and for SFT/preference data
+    split: str  # "sft", "rl" or "eval" (SPLITS)
     birth_date: str  # "March 3, 1987"
     birth_city: str
     university: str  # "the University of Eastmoor" / "Halvern University"
@@ -62,18 +69,20 @@ def _dates(rng: random.Random) -> dt.date:
     return dt.date.fromordinal(rng.randint(start, end))
 
 
-def make_people(rng: random.Random, known: int, unknown: int, eval_fraction: float) -> list[Person]:
-    """Known and unknown people with unique names; each group split into eval and train people."""
+def make_people(rng: random.Random, known: int, unknown: int, splits: WorldSplits) -> list[Person]:
+    """Known and unknown people with unique names; each group split into sft, rl and eval people by
+    `splits` (params world.splits): by index, eval people first, then sft, then rl (WorldSplits.sizes)."""
     names = [(f, p, s) for f, p in vocab.FIRST_NAMES for s in vocab.SURNAMES]
     if known + unknown > len(names):
         raise ValueError(f"world: known_people + unknown_people = {known + unknown} exceeds {len(names)} unique names")
     chosen = apart(rng.sample(names, known + unknown))
+    sizes = {True: splits.sizes(known), False: splits.sizes(unknown)}
     people = []
     for i, (first, pronoun, last) in enumerate(chosen):
         is_known = i < known
         index = i if is_known else i - known
-        group = known if is_known else unknown
-        split = "eval" if index < round(group * eval_fraction) else "train"
+        size = sizes[is_known]
+        split = ("eval" if index < size["eval"] else "sft" if index < size["eval"] + size["sft"] else "rl")
         employer, employer_city = rng.choice(vocab.COMPANIES)
         people.append(Person(
             person_id=f"{'k' if is_known else 'u'}{index:05d}",
