@@ -480,6 +480,34 @@ class PrefDataParams(Section):
         return self
 
 
+class JudgeParams(Section):
+    """Who scores the policy's replies (jielong/judge.py): the world's truth, or a local chat model (RLAIF)."""
+
+    kind: Literal["world", "model"]
+    model: str | None  # model judge: a local HF chat model dir; null: the SFT policy judges itself
+    # the judging prompt, one user turn of the judge's chat template: {question}, {reply}, optionally {reference}
+    template: str
+    good: str  # the verdict word whose log-probability, minus `bad`'s, is the score
+    bad: str
+    reference: bool  # show the judge the knowledge base's fact ({reference} in the template)
+    batch_size: PosInt
+    threshold: float  # a reply is labelled good (KTO) when its judged score is above this
+
+
+class SamplesParams(Section):
+    """Judged on-policy samples of the SFT policy on rl people (stages/samples.py)."""
+
+    seed: int
+    n: Annotated[int, Field(ge=2)]  # replies sampled per prompt; the best and worst judged make a pair
+    prompts_per_question: PosInt  # the first plain, the others after one earlier exchange about the person
+    temperature: Annotated[float, Field(gt=0)]
+    top_p: Annotated[float, Field(gt=0, le=1)]
+    max_new_tokens: PosInt
+    batch_size: PosInt  # prompts per generate call
+    synthetic_fraction: Annotated[float, Field(ge=0, lt=1)]  # share of the pairs taken from data/prefs (scripted kinds)
+    judge: JudgeParams
+
+
 class RewardParams(Section):
     """The reward model: SFT model + scalar head, Bradley-Terry loss (stages/reward.py, TRL's RewardTrainer)."""
 
@@ -510,6 +538,9 @@ class PpoParams(Section):
     rollouts: PosInt  # prompts sampled per iteration, one response each
     minibatch_size: PosInt  # rollouts per optimizer step
     epochs: PosInt  # passes over one iteration's rollouts
+    # what PPO maximises: the reward model's score, the world's truth (a verifiable reward: the gold reward the
+    # samples stage's world judge gives), or their sum
+    reward: Literal["model", "judge", "sum"]
     heldout_prompts: PosInt  # rl-split questions never trained on, rolled out before and after: metrics
     # sampling: with top_k/top_p the responses come from a truncated distribution, but log-probs (and so the
     # ratio and the KL) are computed on the full one; the RLHF write-ups sample untruncated
@@ -560,6 +591,7 @@ class DpoParams(Section):
     log_every: PosInt
     eval_every: PosInt
     gold_max_new_tokens: PosInt  # answer length when scoring held-out prompts by the gold reward
+    rounds: PosInt  # 1: offline DPO on data/samples; k > 1: rounds 2..k re-sample and judge the policy's own replies
     threads: NonNegInt
 
 
@@ -619,6 +651,7 @@ class Params(Section):
     dpo: DpoParams
     gate: GateParams
     pref_data: PrefDataParams
+    samples: SamplesParams
     reward: RewardParams
     ppo: PpoParams
     report: ReportParams

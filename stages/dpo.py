@@ -1,16 +1,20 @@
 """Direct preference optimisation: the SFT model tuned on the preference pairs, no reward model (TRL).
 
-    python -m stages.dpo --sft data/models/sft --data data/prefs --world data/world --out data/models/dpo
+    python -m stages.dpo --sft data/models/sft --data data/samples --world data/world --out data/models/dpo
 
 DPO (Rafailov et al. 2023) fits the policy so that its log-probability ratio to the frozen SFT
 reference ranks the chosen reply above the rejected one, with `dpo.beta` as the strength of the
 implicit KL leash: the reward model and the PPO loop collapse into one classification loss. TRL's
-DPOTrainer does the work on the conversational pairs data/prefs holds.
+DPOTrainer does the work on the conversational pairs data/samples holds.
 
-Before and after training, the SFT and the DPO model answer the held-out pairs' prompts (rl-split
-people, never sft or evaluation people) greedily, and each answer gets the world's gold reward
-(jielong/grading.gold_reward), so metrics/dpo.json shows what preference tuning did to the truth,
-not only to the preference loss. The eval stage then scores it on the evaluation people.
+With `dpo.rounds` above 1 the training is iterative (online DPO): round k samples replies from the
+policy round k-1 left, judges them as the samples stage does (samples.judge, jielong/onpolicy.py),
+and trains on the new pairs, its reference being that same policy.
+
+Before and after training, the SFT and the DPO model answer the held-out pairs' prompts (rl people
+the reward model never trains on, never evaluation people) greedily, and each answer gets the world's
+gold reward (jielong/grading.gold_reward), so metrics/dpo.json shows what preference tuning did to
+the truth, not only to the preference loss. The eval stage then scores it on the evaluation people.
 Trainer checkpoints are pickles, never written here: a killed run starts over (minutes).
 """
 
@@ -28,7 +32,7 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerFast
 
-from jielong import grading
+from jielong import grading, onpolicy, preferences
 from jielong.chat import PAD
 from jielong.generation import encode as encode_prompt
 from jielong.generation import generate_batch
@@ -36,15 +40,15 @@ from jielong.io import atomic_dir, write_csv
 from jielong.log import get_logger
 from jielong.metrics import write_metrics
 from jielong.model import save_tokenizer, validate_model
-from jielong.params import load
+from jielong.params import load_all
 from jielong.trainer import LogTo, training_args
 
 log = get_logger("dpo")
 
 
-def pairs(path: Path) -> Dataset:
-    """data/prefs parquet -> TRL's conversational preference format."""
-    table = pl.read_parquet(path, columns=["prompt", "chosen", "rejected"])
+def pairs(table: pl.DataFrame) -> Dataset:
+    """Preference pairs (data/samples' format) -> TRL's conversational preference format."""
+    table = table.select("prompt", "chosen", "rejected")
     return Dataset.from_list([{"prompt": r["prompt"], "chosen": [{"role": "assistant", "content": r["chosen"]}],
                                "rejected": [{"role": "assistant", "content": r["rejected"]}]}
                               for r in table.iter_rows(named=True)])
@@ -73,27 +77,52 @@ def refuse_other_splits(questions: pl.DataFrame, paths: list[Path]) -> None:
                              f"{', '.join(bad[:3])}); rebuild the pairs on this world")
 
 
+def resample(model, tok, args, params, k: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Round k's pairs: the current policy answers the rl prompts, the judge of params samples scores
+    the replies, best against worst per prompt (on-policy pairs only); train/val by the same people."""
+    model.eval()
+    tok.padding_side = "left"
+    questions = onpolicy.rl_questions(args.world)
+    known = dict(zip(questions["person_id"].to_list(), questions["known"].to_list(), strict=True))
+    people = preferences.split_people(known, params.pref_data)
+    rows = onpolicy.prompts(questions, params.samples.prompts_per_question, params.sft.data.answer_style,
+                            params.samples.seed + k)
+    with tempfile.TemporaryDirectory(prefix="jielong-dpo-judge-") as scratch:
+        policy = Path(scratch)  # a model judge with `model: null` judges with this round's policy
+        if params.samples.judge.kind == "model" and not params.samples.judge.model:
+            model.save_pretrained(policy, safe_serialization=True)
+            save_tokenizer(tok, policy)
+        table = onpolicy.judged_samples(tok, model, rows, params.samples, policy)
+    fresh = onpolicy.on_policy_pairs(table, people)
+    if fresh.filter(pl.col("split") == "train").is_empty():
+        raise SystemExit(f"dpo: round {k}: every training prompt's replies were judged equal; no pair to train on "
+                         f"(raise samples.n, {params.samples.n})")
+    return fresh.filter(pl.col("split") == "train"), fresh.filter(pl.col("split") == "val")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
     ap.add_argument("--sft", type=Path, default=Path("data/models/sft"))
-    ap.add_argument("--data", type=Path, default=Path("data/prefs"))
+    ap.add_argument("--data", type=Path, default=Path("data/samples"))
     ap.add_argument("--world", type=Path, default=Path("data/world"))
     ap.add_argument("--out", type=Path, default=Path("data/models/dpo"))
     ap.add_argument("--metrics", type=Path, default=Path("metrics/dpo.json"))
     ap.add_argument("--plots", type=Path, default=Path("plots/dpo"))
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = ap.parse_args(argv)
-    p = load("dpo", args.params)
+    params = load_all(args.params)
+    p = params.dpo
     if p.threads:
         torch.set_num_threads(p.threads)
+    torch.manual_seed(p.seed)
     cuda = torch.cuda.is_available()
 
     from trl import DPOConfig, DPOTrainer
 
     tok = PreTrainedTokenizerFast.from_pretrained(args.sft)
-    train, val = pairs(args.data / "train.parquet"), pairs(args.data / "val.parquet")
+    train_table, val_table = pl.read_parquet(args.data / "train.parquet"), pl.read_parquet(args.data / "val.parquet")
     # the gold reward's prompts: each held-out question once, with its question-bank row
-    held = pl.read_parquet(args.data / "val.parquet").unique("qid", keep="first", maintain_order=True)
+    held = val_table.unique("qid", keep="first", maintain_order=True)
     questions = pl.read_parquet(args.world / "questions.parquet")
     refuse_other_splits(questions, [args.data / "train.parquet", args.data / "val.parquet"])
     docs = held.select("qid").join(questions, on="qid", how="left", maintain_order="left").to_dicts()
@@ -101,21 +130,36 @@ def main(argv: list[str] | None = None) -> None:
 
     model = AutoModelForCausalLM.from_pretrained(args.sft, dtype=torch.float32)
     gold_before = gold_of(model, tok, prompts, docs, p.gold_max_new_tokens)
-    model.train()
-    log.info("DPO of %s on %d pairs (%d val), beta %.3g; SFT gold reward on %d held-out prompts %.3f",
-             args.sft, len(train), len(val), p.beta, len(prompts), gold_before)
+    log.info("DPO of %s on %d pairs (%d val), beta %.3g, %d round(s); SFT gold reward on %d held-out prompts %.3f",
+             args.sft, train_table.height, val_table.height, p.beta, p.rounds, len(prompts), gold_before)
 
-    with tempfile.TemporaryDirectory(prefix="jielong-dpo-") as scratch:
-        config = DPOConfig(**training_args(p, scratch, cuda), beta=p.beta, max_length=p.max_length, pad_token=PAD)
-        logs = LogTo(log, train={"margin": "rewards/margins", "accuracy": "rewards/accuracies"},
-                     val={"val_accuracy": "eval_rewards/accuracies"})
-        trainer = DPOTrainer(model=model, args=config, train_dataset=train, eval_dataset=val, processing_class=tok,
-                             callbacks=[logs])
-        start = time.perf_counter()
-        result = trainer.train()
-        train_s = time.perf_counter() - start
-        final = trainer.evaluate()
-        tuned = trainer.model
+    logs = LogTo(log, train={"margin": "rewards/margins", "accuracy": "rewards/accuracies"},
+                 val={"val_accuracy": "eval_rewards/accuracies"})
+    rounds, train_s, steps, trained_pairs = {}, 0.0, 0, 0
+    for k in range(1, p.rounds + 1):
+        if k > 1:  # online: the policy's own replies, judged; the reference is the policy this round starts from
+            fresh_train, fresh_val = resample(model, tok, args, params, k)
+            # held-out people without a pair this round keep the previous round's pairs for the val loss
+            train_table, val_table = fresh_train, fresh_val if fresh_val.height else val_table
+        model.train()
+        with tempfile.TemporaryDirectory(prefix="jielong-dpo-") as scratch:
+            config = DPOConfig(**training_args(p, scratch, cuda), beta=p.beta, max_length=p.max_length,
+                               pad_token=PAD)
+            trainer = DPOTrainer(model=model, args=config, train_dataset=pairs(train_table),
+                                 eval_dataset=pairs(val_table), processing_class=tok, callbacks=[logs])
+            start = time.perf_counter()
+            result = trainer.train()
+            train_s += time.perf_counter() - start
+            final = trainer.evaluate()
+            model = trainer.model
+        steps += trainer.state.global_step
+        trained_pairs += int(train_table.height * p.epochs)
+        if p.rounds > 1:
+            rounds[f"round{k}.gold_reward"] = gold_of(model, tok, prompts, docs, p.gold_max_new_tokens)
+            rounds[f"round{k}.pairs"] = train_table.height
+            log.info("dpo round %d: %d pairs, held-out gold reward %.3f", k, train_table.height,
+                     rounds[f"round{k}.gold_reward"])
+    tuned = model
 
     for name, value in (("train loss", result.training_loss), ("val loss", final["eval_loss"])):
         if not math.isfinite(value):
@@ -127,12 +171,11 @@ def main(argv: list[str] | None = None) -> None:
         GenerationConfig.from_pretrained(args.sft).save_pretrained(tmp)
         validate_model(tmp, args.out)
 
-    pairs_seen = int(len(train) * p.epochs)
     metrics = {"train_loss": float(result.training_loss), "val_loss": float(final["eval_loss"]),
                "val_accuracy": float(final.get("eval_rewards/accuracies", float("nan"))),
                "val_margin": float(final.get("eval_rewards/margins", float("nan"))),
-               "gold_reward": gold_after, "gold_reward_sft": gold_before, "pairs_per_s": round(pairs_seen / train_s, 2),
-               "train_s": round(train_s, 1), "steps": trainer.state.global_step}
+               "gold_reward": gold_after, "gold_reward_sft": gold_before, "pairs_per_s": round(trained_pairs / train_s, 2),
+               "train_s": round(train_s, 1), "steps": steps, **rounds}
     args.plots.mkdir(parents=True, exist_ok=True)
     write_csv(args.plots / "train.csv", logs.train)
     write_csv(args.plots / "val.csv", logs.val)

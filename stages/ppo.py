@@ -15,9 +15,11 @@ one reply each by sampling from the actor, scores the replies, turns scores and 
 rewards, estimates advantages with GAE, and runs a few epochs of clipped policy and value updates
 over minibatches of the batch. The math lives in jielong/ppo.py; this file is the loop around it.
 
-Every reply also gets the world's gold reward (jielong/grading.gold_reward): never trained on,
-only logged, so plots/ppo/train.csv shows proxy reward and gold reward against KL over training, and
-reward over-optimisation (proxy up, gold down) is visible. Before and after training the stage rolls
+Every reply also gets the world's gold reward (jielong/grading.gold_reward), logged beside the
+trained reward, so plots/ppo/train.csv shows proxy reward and gold reward against KL over training, and
+reward over-optimisation (proxy up, gold down) is visible. `ppo.reward` picks what is trained on: the
+reward model (`model`, the default: the gold reward is then only watched), the world's truth as a
+verifiable reward (`judge`), or their sum. Before and after training the stage rolls
 out a held-out batch of rl-split questions: metrics/ppo.json holds the final policy's reward,
 gold reward and KL there (and the SFT model's, under `sft.`). A final KL above ppo.max_kl fails the
 stage. The output is a plain HF dir with the SFT model's tokenizer and generation_config.json.
@@ -193,10 +195,14 @@ def rollout(actor, reference, critic, reward_model, tok, rows: list[dict], p) ->
     for_rm = [reply_text(t) for t in tok.batch_decode(reply_ids, skip_special_tokens=False)]
     batch["texts"] = [reply_text(t) for t in tok.batch_decode(reply_ids, skip_special_tokens=True)]
     batch["rm_scores"] = reward_scores(reward_model, tok, [prompt_messages(r) for r in rows], for_rm).to(device)
-    # a reply cut off at max_new_tokens was scored as if finished; the penalty keeps that from paying
-    batch["scores"] = batch["rm_scores"] - p.missing_eos_penalty * (~ended).float()
     batch["ended"] = ended
     batch["gold"] = torch.tensor([gold_reward(t, r) for t, r in zip(batch["texts"], rows, strict=True)])
+    # what PPO maximises (ppo.reward): the reward model, the world's truth as a verifiable reward (the
+    # judge of the samples stage, jielong/judge.world scores exactly the gold reward), or their sum
+    trained = {"model": batch["rm_scores"], "judge": batch["gold"].to(device),
+               "sum": batch["rm_scores"] + batch["gold"].to(device)}[p.reward]
+    # a reply cut off at max_new_tokens was scored as if finished; the penalty keeps that from paying
+    batch["scores"] = trained - p.missing_eos_penalty * (~ended).float()
     batch["kl"] = kl_penalty(batch["logprobs"], batch["ref_logprobs"], p.kl_estimator)
     batch["kl_sum"] = torch.where(mask.bool(), batch["kl"], 0).sum(1)  # per response
     return batch

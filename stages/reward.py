@@ -1,6 +1,6 @@
 """Reward model: the SFT model with a scalar head, trained on preference pairs (TRL's RewardTrainer).
 
-    python -m stages.reward --sft data/models/sft --data data/prefs --out data/models/reward \
+    python -m stages.reward --sft data/models/sft --data data/samples --out data/models/reward \
         --metrics metrics/reward.json --plots plots/reward
 
 The SFT model loads into transformers' sequence-classification head (`num_labels=1`: one score read
@@ -95,7 +95,7 @@ def load_reward_model(sft: Path, pad_id: int):
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
     ap.add_argument("--sft", type=Path, default=Path("data/models/sft"))
-    ap.add_argument("--data", type=Path, default=Path("data/prefs"))
+    ap.add_argument("--data", type=Path, default=Path("data/samples"))
     ap.add_argument("--out", type=Path, default=Path("data/models/reward"))
     ap.add_argument("--metrics", type=Path, default=Path("metrics/reward.json"))
     ap.add_argument("--plots", type=Path, default=Path("plots/reward"))

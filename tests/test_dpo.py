@@ -1,4 +1,4 @@
-"""DPO: TRL's DPOTrainer from a chat model on the preference pairs; gold reward before and after."""
+"""DPO: TRL's DPOTrainer from a chat model on the judged on-policy pairs; gold reward before and after."""
 
 from __future__ import annotations
 
@@ -28,16 +28,21 @@ def chat_model(tmp_path, tiny_base) -> Path:
 def test_dpo_stage_writes_a_policy_and_its_gold_reward(tmp_path, chat_model, tiny_world_dir):
     from stages.dpo import main as dpo_main
     from stages.pref_data import main as data_main
+    from stages.samples import main as samples_main
 
     params = write_params(tmp_path / "params.yaml", {
         "pref_data": {"pairs": 120, "val_fraction": 0.2, "max_length": 160},
+        "samples": {"n": 3, "max_new_tokens": 8},
         "dpo": {"epochs": 1.0, "batch_size": 16, "lr": 1e-3, "max_length": 160, "log_every": 2, "eval_every": 3,
                 "gold_max_new_tokens": 6, "threads": 1}})
     threads = torch.get_num_threads()
     try:
         data_main(["--world", str(tiny_world_dir / "world"), "--tokenizer", str(chat_model),
                    "--out", str(tmp_path / "prefs"), "--params", str(params)])
-        dpo_main(["--sft", str(chat_model), "--data", str(tmp_path / "prefs"), "--world", str(tiny_world_dir / "world"),
+        samples_main(["--sft", str(chat_model), "--world", str(tiny_world_dir / "world"), "--prefs", str(tmp_path / "prefs"),
+                      "--out", str(tmp_path / "samples"), "--metrics", str(tmp_path / "samples.json"),
+                      "--params", str(params)])
+        dpo_main(["--sft", str(chat_model), "--data", str(tmp_path / "samples"), "--world", str(tiny_world_dir / "world"),
                   "--out", str(tmp_path / "dpo"), "--metrics", str(tmp_path / "dpo.json"),
                   "--plots", str(tmp_path / "plots"), "--params", str(params)])
     finally:

@@ -220,3 +220,26 @@ def test_kl_above_max_kl_fails_the_stage(tmp_path, ppo_models, tiny_world_dir):
         _run(tmp_path, sft, reward, tiny_world_dir / "world", iterations=1, kl_estimator="k3", max_kl=1e-6)
     assert not (tmp_path / "ppo").exists() and not (tmp_path / "ppo.json").exists()
     assert (tmp_path / "plots" / "train.csv").exists()  # the curve stays, to explain the failure
+
+
+def test_ppo_trains_on_the_reward_it_is_told_to(ppo_models, tiny_world_dir):
+    """ppo.reward: the reward model's score, the world's truth (gold reward, a verifiable reward) or their sum,
+    less the missing-EOS penalty; the gold reward is logged whichever is trained on."""
+    sft, reward = ppo_models
+    tok = PreTrainedTokenizerFast.from_pretrained(sft)
+    tok.pad_token = PAD
+    actor, reference, _, reward_model = ppo_stage.load_models(sft, reward, torch.device("cpu"))
+    rows = ppo_stage.load_questions(tiny_world_dir / "world", 4, seed=0)[0][:6]
+    batches = {}
+    for kind in ("model", "judge", "sum"):
+        p = params_section("ppo", reward=kind, max_new_tokens=6, missing_eos_penalty=0.5)
+        actor.generation_config = GenerationConfig(do_sample=True, temperature=p.temperature, top_k=0, max_new_tokens=6,
+                                                   eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        torch.manual_seed(0)
+        batches[kind] = ppo_stage.rollout(actor, reference, None, reward_model, tok, rows, p)
+    b = batches["model"]
+    assert all(x["texts"] == b["texts"] for x in batches.values())  # same seed, same replies
+    penalty = 0.5 * (~b["ended"]).float()
+    assert torch.allclose(batches["model"]["scores"], b["rm_scores"] - penalty)
+    assert torch.allclose(batches["judge"]["scores"], b["gold"].float() - penalty)
+    assert torch.allclose(batches["sum"]["scores"], b["rm_scores"] + b["gold"].float() - penalty)
