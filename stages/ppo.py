@@ -18,8 +18,8 @@ over minibatches of the batch. The math lives in jielong/ppo.py; this file is th
 Every reply also gets the world's gold reward (jielong/grading.gold_reward), logged beside the
 trained reward, so plots/ppo/train.csv shows proxy reward and gold reward against KL over training, and
 reward over-optimisation (proxy up, gold down) is visible. `ppo.reward` picks what is trained on: the
-reward model (`model`, the default: the gold reward is then only watched), the world's truth as a
-verifiable reward (`judge`), or their sum. Before and after training the stage rolls
+reward model (`model`: the gold reward is then only watched), the world's truth as a verifiable
+reward (`judge`, params.yaml's choice), or their sum. Before and after training the stage rolls
 out a held-out batch of rl-split questions: metrics/ppo.json holds the final policy's reward,
 gold reward and KL there (and the SFT model's, under `sft.`). A final KL above ppo.max_kl fails the
 stage. The output is a plain HF dir with the SFT model's tokenizer and generation_config.json.
