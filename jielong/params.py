@@ -408,10 +408,19 @@ class ConsistencyParams(Section):
     items: NonNegInt  # questions of the `consistency` task, a seeded sample; 0: all of them
 
 
+class SystemParams(Section):
+    """A system: a model and the wrapper deciding its replies at answer time (jielong/systems.py)."""
+
+    model: str  # data/models/<model>
+    wrapper: str  # a name in jielong.systems.WRAPPERS, e.g. gate
+    artifact: str  # data/models/<artifact>: what the wrapper loads (a gate, a reward model)
+
+
 class EvalParams(Section):
     """lm-eval over each model directory (stages/eval.py, tasks in evals/tasks)."""
 
     models: list[str]  # data/models/<name> the dvc foreach evaluates
+    systems: dict[str, SystemParams]  # name -> a model with a wrapper, evaluated by the dvc foreach eval_system
     # prompted through the chat template, as is any model whose tokenizer SFT wrote; others plain
     chat_models: list[str]
     tasks: list[str]  # names of evals/tasks/*.yaml, run on every model
@@ -674,6 +683,13 @@ class Params(Section):
                 check_name(f"eval.{key}[{i}]", name)
         for name in self.eval.extra_tasks:
             check_name(f"eval.extra_tasks.{name}", name)
+        for name, system in self.eval.systems.items():
+            check_name(f"eval.systems.{name}", name)
+            check_name(f"eval.systems.{name}.model", system.model)
+            check_name(f"eval.systems.{name}.artifact", system.artifact)
+            if name in self.eval.models:
+                raise ValueError(f"eval.systems.{name}: also a name in eval.models; a system's metrics need a "
+                                 "name of their own (metrics/eval/<name>.json)")
         return self
 
 
