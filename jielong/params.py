@@ -439,6 +439,50 @@ class EvalParams(Section):
     seed: int
 
 
+# ---------------------------------------------------------------- selective answering
+class SelectiveDecoding(Section):
+    """How the gate's replies are generated: greedily, and k samples each for the agreement signal."""
+
+    k: Annotated[int, Field(ge=2)]
+    temperature: Annotated[float, Field(gt=0)]
+    top_p: Annotated[float, Field(gt=0, le=1)]
+    top_k: NonNegInt  # 0: off
+    max_new_tokens: PosInt
+    stop: list[str]  # besides the model's end-of-turn token
+    seed: int
+    batch_size: PosInt
+
+
+class SelectiveCalibrator(Section):
+    c: Annotated[float, Field(gt=0)]  # inverse L2 strength of scikit-learn's LogisticRegression
+    folds: Annotated[int, Field(ge=2)]  # person-grouped folds: the out-of-fold P(right) the threshold is chosen on
+
+
+SelectiveSignal = Literal["question_logprob_mean", "question_logprob_min", "span_logprob_min", "reply_logprob_mean",
+                          "reply_entropy_mean", "agreement"]  # jielong.selective.SIGNALS
+
+
+class SelectiveParams(Section):
+    """The answer-time gate: P(the reply is right) from the model's own likelihoods (stages/gate_fit.py)."""
+
+    models: list[str]  # data/models/<name> each gets data/models/<name>-gate (gate_fit@<name>)
+    fit_splits: list[Literal["sft", "rl"]]  # people the calibrator and threshold are fitted on
+    signals: list[SelectiveSignal]  # the calibrator's inputs; every signal is computed and its AUROC reported
+    target_false_abstain_rate: Annotated[float, Field(ge=0, lt=1)]
+    sentence: str  # what the gate says instead of a reply
+    calibrator: SelectiveCalibrator
+    decoding: SelectiveDecoding
+    threads: NonNegInt  # torch threads of gate_fit; 0: torch's default
+
+    @model_validator(mode="after")
+    def _lists(self) -> SelectiveParams:
+        for key in ("models", "fit_splits", "signals"):
+            values = getattr(self, key)
+            if not values or len(set(values)) != len(values):
+                raise ValueError(f"{key} must be a non-empty list without repeats, got {values}")
+        return self
+
+
 # ---------------------------------------------------------------- gate
 class GateMetric(Section):
     """One gated eval metric. Item by item: a significant regression fails only beyond abs_margin.
@@ -659,6 +703,7 @@ class Params(Section):
     sft: SftParams
     dpo: DpoParams
     gate: GateParams
+    selective: SelectiveParams
     pref_data: PrefDataParams
     samples: SamplesParams
     reward: RewardParams
@@ -683,6 +728,8 @@ class Params(Section):
                 check_name(f"eval.{key}[{i}]", name)
         for name in self.eval.extra_tasks:
             check_name(f"eval.extra_tasks.{name}", name)
+        for i, name in enumerate(self.selective.models):
+            check_name(f"selective.models[{i}]", name)
         for name, system in self.eval.systems.items():
             check_name(f"eval.systems.{name}", name)
             check_name(f"eval.systems.{name}.model", system.model)

@@ -37,6 +37,8 @@ from lm_eval.api.model import CacheHook
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
+from jielong import selective
+
 
 @dataclass(frozen=True)
 class Asked:
@@ -54,7 +56,9 @@ class Wrapper(Protocol):
 
 
 # name (params eval.systems.<name>.wrapper) -> load(artifact_dir, model_dir) -> Wrapper
-WRAPPERS: dict[str, Callable[[Path, Path], Wrapper]] = {}
+WRAPPERS: dict[str, Callable[[Path, Path], Wrapper]] = {
+    "gate": selective.load_gate,  # "I do not know." where P(right) from the model's own likelihoods is low
+}
 
 
 def load_wrapper(kind: str, artifact: Path, model_dir: Path) -> Wrapper:
