@@ -408,10 +408,19 @@ class ConsistencyParams(Section):
     items: NonNegInt  # questions of the `consistency` task, a seeded sample; 0: all of them
 
 
+class SystemParams(Section):
+    """A system: a model and the wrapper deciding its replies at answer time (jielong/systems.py)."""
+
+    model: str  # data/models/<model>
+    wrapper: str  # a name in jielong.systems.WRAPPERS, e.g. gate
+    artifact: str  # data/models/<artifact>: what the wrapper loads (a gate, a reward model)
+
+
 class EvalParams(Section):
     """lm-eval over each model directory (stages/eval.py, tasks in evals/tasks)."""
 
     models: list[str]  # data/models/<name> the dvc foreach evaluates
+    systems: dict[str, SystemParams]  # name -> a model with a wrapper, evaluated by the dvc foreach eval_system
     # prompted through the chat template, as is any model whose tokenizer SFT wrote; others plain
     chat_models: list[str]
     tasks: list[str]  # names of evals/tasks/*.yaml, run on every model
@@ -428,6 +437,50 @@ class EvalParams(Section):
     limit: NonNegInt  # 0: every item; n > 0: the first n per task (smoke runs only)
     bootstrap_iters: NonNegInt  # bootstrap draws for stderrs that have no closed form
     seed: int
+
+
+# ---------------------------------------------------------------- selective answering
+class SelectiveDecoding(Section):
+    """How the gate's replies are generated: greedily, and k samples each for the agreement signal."""
+
+    k: Annotated[int, Field(ge=2)]
+    temperature: Annotated[float, Field(gt=0)]
+    top_p: Annotated[float, Field(gt=0, le=1)]
+    top_k: NonNegInt  # 0: off
+    max_new_tokens: PosInt
+    stop: list[str]  # besides the model's end-of-turn token
+    seed: int
+    batch_size: PosInt
+
+
+class SelectiveCalibrator(Section):
+    c: Annotated[float, Field(gt=0)]  # inverse L2 strength of scikit-learn's LogisticRegression
+    folds: Annotated[int, Field(ge=2)]  # person-grouped folds: the out-of-fold P(right) the threshold is chosen on
+
+
+SelectiveSignal = Literal["question_logprob_mean", "question_logprob_min", "span_logprob_min", "reply_logprob_mean",
+                          "reply_entropy_mean", "agreement"]  # jielong.selective.SIGNALS
+
+
+class SelectiveParams(Section):
+    """The answer-time gate: P(the reply is right) from the model's own likelihoods (stages/gate_fit.py)."""
+
+    models: list[str]  # data/models/<name> each gets data/models/<name>-gate (gate_fit@<name>)
+    fit_splits: list[Literal["sft", "rl"]]  # people the calibrator and threshold are fitted on
+    signals: list[SelectiveSignal]  # the calibrator's inputs; every signal is computed and its AUROC reported
+    target_false_abstain_rate: Annotated[float, Field(ge=0, lt=1)]
+    sentence: str  # what the gate says instead of a reply
+    calibrator: SelectiveCalibrator
+    decoding: SelectiveDecoding
+    threads: NonNegInt  # torch threads of gate_fit; 0: torch's default
+
+    @model_validator(mode="after")
+    def _lists(self) -> SelectiveParams:
+        for key in ("models", "fit_splits", "signals"):
+            values = getattr(self, key)
+            if not values or len(set(values)) != len(values):
+                raise ValueError(f"{key} must be a non-empty list without repeats, got {values}")
+        return self
 
 
 # ---------------------------------------------------------------- gate
@@ -650,6 +703,7 @@ class Params(Section):
     sft: SftParams
     dpo: DpoParams
     gate: GateParams
+    selective: SelectiveParams
     pref_data: PrefDataParams
     samples: SamplesParams
     reward: RewardParams
@@ -674,6 +728,15 @@ class Params(Section):
                 check_name(f"eval.{key}[{i}]", name)
         for name in self.eval.extra_tasks:
             check_name(f"eval.extra_tasks.{name}", name)
+        for i, name in enumerate(self.selective.models):
+            check_name(f"selective.models[{i}]", name)
+        for name, system in self.eval.systems.items():
+            check_name(f"eval.systems.{name}", name)
+            check_name(f"eval.systems.{name}.model", system.model)
+            check_name(f"eval.systems.{name}.artifact", system.artifact)
+            if name in self.eval.models:
+                raise ValueError(f"eval.systems.{name}: also a name in eval.models; a system's metrics need a "
+                                 "name of their own (metrics/eval/<name>.json)")
         return self
 
 

@@ -13,6 +13,9 @@ continues the raw text. --prompts reads a .txt (one prompt per line) or .jsonl (
 
 --self-consistency K answers a chat prompt by sampling K replies and giving the most common one only
 if at least --agreement of them give it, else "I do not know." (measured: docs/findings.md).
+--gate data/models/<model>-gate answers through the model's gate (jielong/selective.py): the greedy reply
+if the model's own likelihoods put P(right) at or above the gate's threshold, else its abstention
+sentence; the model is the one the gate names (or the one given, if its weights are the gate's).
 Generation itself is jielong/generation.py, which the stages share; this file is the command line.
 """
 
@@ -29,6 +32,7 @@ from transformers import GenerationConfig, TextIteratorStreamer
 
 from jielong.chat import is_chat_tokenizer
 from jielong.generation import encode, generate_batch, load, self_consistent_batch, trim
+from jielong.selective import Gate, greedy_replies, load_gate
 
 
 def sampling(model, args) -> GenerationConfig:
@@ -91,6 +95,10 @@ def check_args(args) -> None:
     """Every bad flag stops before the model loads, naming the flag and the value."""
     if args.greedy and args.sample:
         raise SystemExit("talk: --greedy and --sample contradict each other")
+    if args.gate is not None and (args.self_consistency or args.sample or args.temperature is not None
+                                  or args.top_k is not None or args.top_p is not None):
+        raise SystemExit("talk: --gate decides on the greedy reply its calibrator was fitted on; it does not combine "
+                         "with --self-consistency or sampling flags")
     if args.self_consistency and (args.greedy or args.self_consistency < 2 or not 0 < args.agreement <= 1):
         raise SystemExit(f"talk: --self-consistency {args.self_consistency} needs K >= 2 sampled replies (not "
                          f"--greedy) and 0 < --agreement <= 1 (got {args.agreement})")
@@ -108,8 +116,22 @@ def check_args(args) -> None:
         raise SystemExit(f"talk: --output {args.output}: directory {args.output.parent} does not exist")
 
 
+def gated_batch(tok, model, gate: Gate, prompts: list[str], questions: list[str | None]) -> list[str]:
+    """The greedy reply to each prompt (decoded as the gate was fitted on), or the gate's sentence."""
+    replies = greedy_replies(model, tok, prompts, gate.decoding)
+    said, _ = gate.decide(model, tok, prompts, questions, replies)
+    return [s.strip() for s in said]
+
+
+def last_user(item: str | list[dict]) -> str | None:
+    """The question a prompt asks: the text itself, or its last user turn."""
+    if isinstance(item, str):
+        return item
+    return next((m["content"] for m in reversed(item) if m["role"] == "user"), None)
+
+
 def interactive(tok, model, config: GenerationConfig, chat: bool, system: str | None,
-                consistency: tuple[int, float] | None = None, batch_size: int = 16) -> None:
+                consistency: tuple[int, float] | None = None, batch_size: int = 16, gate: Gate | None = None) -> None:
     history: list[dict] = [{"role": "system", "content": system}] if system else []
     print(f"[{'chat' if chat else 'complete'} mode; /reset clears the conversation, /quit or Ctrl-D leaves]")
     while True:
@@ -126,6 +148,11 @@ def interactive(tok, model, config: GenerationConfig, chat: bool, system: str | 
         if not line:
             continue
         prompt = encode(tok, chat, [*history, {"role": "user", "content": line}] if chat else line)
+        if gate is not None:  # the whole reply is read before it is given: nothing to stream
+            reply = gated_batch(tok, model, gate, [prompt], [line])[0]
+            print(f"model> {reply}")
+            history += [{"role": "user", "content": line}, {"role": "assistant", "content": reply}]
+            continue
         if consistency:  # k replies decide one: nothing to stream
             reply = self_consistent_batch(tok, model, config, [prompt], *consistency, batch_size)[0]
             print(f"model> {reply}")
@@ -154,7 +181,8 @@ def interactive(tok, model, config: GenerationConfig, chat: bool, system: str | 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
-    ap.add_argument("model", type=Path, help="a model directory, e.g. data/models/sft")
+    ap.add_argument("model", type=Path, nargs="?", help="a model directory, e.g. data/models/sft (with --gate: "
+                    "the model the gate names, by default)")
     ap.add_argument("--prompts", type=Path, help="batch mode: a .txt or .jsonl file of prompts")
     ap.add_argument("--output", type=Path, help="batch mode: write JSON lines here (default: stdout)")
     ap.add_argument("--mode", choices=["auto", "chat", "complete"], default="auto")
@@ -171,6 +199,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="chat models: sample K replies, answer with the most common or say I do not know")
     ap.add_argument("--agreement", type=float, default=0.6,
                     help="with --self-consistency: the share of the K replies the answer needs (default 0.6)")
+    ap.add_argument("--gate", type=Path, help="a gate directory (data/models/<model>-gate): answer greedily, or say "
+                    "the gate's abstention sentence where the model's own likelihoods say it does not know")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -178,8 +208,16 @@ def main(argv: list[str] | None = None) -> None:
     check_args(args)
     items = read_prompts(args.prompts) if args.prompts is not None else None
     torch.manual_seed(args.seed)
+    gate = None
+    if args.gate is not None:
+        gate = load_gate(args.gate)
+        args.model = args.model or Path(gate.model)
+    if args.model is None:
+        raise SystemExit("talk: name a model directory (or a --gate, which names its model)")
     try:
         tok, model = load(args.model, args.device)
+        if gate is not None:
+            load_gate(args.gate, args.model)  # the model's weights are the ones the gate was fitted on
     except SystemExit as err:
         raise SystemExit(f"talk: {err}") from None
     config = sampling(model, args)
@@ -189,14 +227,18 @@ def main(argv: list[str] | None = None) -> None:
                          "as a base model (--mode complete or no chat template)")
     consistency = (args.self_consistency, args.agreement) if args.self_consistency else None
     if args.prompts is None:
-        interactive(tok, model, config, chat, args.system, consistency, args.batch_size)
+        interactive(tok, model, config, chat, args.system, consistency, args.batch_size, gate)
         return
     if chat and args.system:
         items = [[{"role": "system", "content": args.system}, *([{"role": "user", "content": i}] if isinstance(i, str) else i)]
                  for i in items]
     prompts = [encode(tok, chat, i) for i in items]
-    replies = (self_consistent_batch(tok, model, config, prompts, *consistency, args.batch_size) if consistency
-               else generate_batch(tok, model, config, prompts, args.batch_size))
+    if gate is not None:
+        replies = gated_batch(tok, model, gate, prompts, [last_user(i) for i in items])
+    elif consistency:
+        replies = self_consistent_batch(tok, model, config, prompts, *consistency, args.batch_size)
+    else:
+        replies = generate_batch(tok, model, config, prompts, args.batch_size)
     out = args.output.open("w") if args.output else sys.stdout
     try:
         for item, reply in zip(items, replies, strict=True):

@@ -2,6 +2,10 @@
 
     python -m stages.eval --model data/models/base --evals data/evals \
         --out metrics/eval/base.json --samples data/eval/base
+    python -m stages.eval --model data/models/sft --wrapper gate --artifact data/models/sft-gate --name sft-gated
+
+With --wrapper, a *system* is evaluated: the model with a wrapper deciding its generated replies at
+answer time (jielong/systems.py; params eval.systems), under its own name; likelihood tasks are the model's.
 
 The tasks are the YAMLs under evals/tasks (the same ones `lm_eval --include_path evals/tasks` runs),
 fed the clean eval sets the decontam stage wrote. Chat models (params eval.chat_models) are prompted
@@ -20,6 +24,7 @@ import argparse
 import difflib
 import functools
 import hashlib
+import importlib
 import json
 import os
 import re
@@ -320,8 +325,9 @@ def write_samples(out: Path, results: dict) -> None:
 
 
 # ---------------------------------------------------------------- model
-def load_lm(model_dir: Path, p):
-    """lm-eval's HF model over `model_dir`, with each task's own generation length in charge.
+def load_lm(model_dir: Path, p, wrapper=None):
+    """lm-eval's HF model over `model_dir`, with each task's own generation length in charge; with a
+    `wrapper` (jielong.systems), the system: the same model whose generated replies the wrapper decides.
 
     A model's generation_config.json may carry `max_new_tokens` (a chat model's default for users);
     transformers lets that override the `max_length` lm-eval derives from a task's `max_gen_toks`,
@@ -334,23 +340,28 @@ def load_lm(model_dir: Path, p):
     dtype = "auto" if p.dtype == "auto" else getattr(torch, p.dtype)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(p.device).eval()
     model.generation_config.max_new_tokens = None
+    if wrapper is not None:
+        system_lm = importlib.import_module("jielong.systems").SystemLM
+        return system_lm(pretrained=model, tokenizer=AutoTokenizer.from_pretrained(model_dir), batch_size=p.batch_size,
+                         wrapper=wrapper)
     return HFLM(pretrained=model, tokenizer=AutoTokenizer.from_pretrained(model_dir), batch_size=p.batch_size)
 
 
-def request_cache(work: Path, model_dir: Path, p) -> str:
+def request_cache(work: Path, model_dir: Path, p, artifact: Path | None = None) -> str:
     """Where lm-eval's own request cache (`use_cache`, a SQLite file) keeps this run's answers.
 
     A killed eval re-run answers every cached request from the file and computes only the rest; sampled
     requests (the consistency probe) are never cached by lm-eval, and greedy ones consume no random
     numbers, so the resumed run samples exactly what an uninterrupted one would. lm-eval keys entries by
-    the request alone, so the file is keyed here by the model's bytes and the eval params: another model
-    or setting never reads stale answers. Files of other keys are removed.
+    the request alone, so the file is keyed here by the model's bytes (and a system's wrapper artifact's)
+    and the eval params: another model or setting never reads stale answers. Files of other keys are removed.
     """
     h = hashlib.sha256(json.dumps(p.model_dump(mode="json"), sort_keys=True).encode())
-    for f in sorted(model_dir.rglob("*")):
-        if f.is_file():
-            h.update(f.relative_to(model_dir).as_posix().encode())
-            h.update(hashlib.sha256(f.read_bytes()).digest())
+    for folder in (model_dir, artifact):
+        for f in sorted(folder.rglob("*")) if folder is not None else []:
+            if f.is_file():
+                h.update(f.relative_to(folder).as_posix().encode())
+                h.update(hashlib.sha256(f.read_bytes()).digest())
     key = h.hexdigest()[:16]
     work.mkdir(parents=True, exist_ok=True)
     for stale in work.iterdir():
@@ -384,8 +395,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--samples", type=Path, help="per-sample outputs (default data/eval/<name>)")
     ap.add_argument("--work", type=Path, help="request cache that survives a killed run "
                     "(default data/eval_work/<name>; emptied after success)")
+    ap.add_argument("--wrapper", help="evaluate a system: the model with this wrapper deciding its generated "
+                    "replies (a name in jielong.systems.WRAPPERS, e.g. gate); needs --artifact and --name")
+    ap.add_argument("--artifact", type=Path, help="with --wrapper: the directory the wrapper loads (e.g. data/models/sft-gate)")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = ap.parse_args(argv)
+    if (args.wrapper is None) != (args.artifact is None) or (args.wrapper and not args.name):
+        raise SystemExit("eval: --wrapper and --artifact go together, with --name (the system's name)")
     params = load_all(args.params)
     p, style = params.eval, params.sft.data.answer_style  # style: how the chat models were taught to answer
     name = args.name or args.model.name
@@ -402,6 +418,12 @@ def main(argv: list[str] | None = None) -> None:
 
     import lm_eval
 
+    wrapper = None
+    if args.wrapper:
+        # imported by name: a model's own eval (eval@<model>) never runs a wrapper, so jielong/systems.py and
+        # the wrappers' modules are deps of eval_system@<name> only (dvc.yaml), and changing them re-runs no model's eval
+        systems = importlib.import_module("jielong.systems")
+        wrapper = systems.load_wrapper(args.wrapper, args.artifact, args.model)
     world = list(dict.fromkeys([*p.tasks, *p.extra_tasks.get(name, [])]))
     chat = name in p.chat_models or sft_tokenizer(args.model)
     if chat and name not in p.chat_models:
@@ -412,12 +434,13 @@ def main(argv: list[str] | None = None) -> None:
         # simple_evaluate's default TaskManager indexes lm-eval's ~15k task YAMLs (9-13 s); ours alone suffice
         # unless a standard benchmark is asked for
         manager = all_tasks_manager(str(args.tasks)) if p.benchmarks else our_tasks_manager(str(args.tasks))
-        log.info("evaluating %s (%s prompts) on %s%s", args.model, "chat-template" if chat else "plain",
+        log.info("evaluating %s%s (%s prompts) on %s%s", args.model,
+                 f" with its {args.wrapper} {args.artifact}" if wrapper else "", "chat-template" if chat else "plain",
                  world, f" + benchmarks {sorted(p.benchmarks)}" if p.benchmarks else "")
         start = time.perf_counter()
-        cache = request_cache(work, args.model, p)
+        cache = request_cache(work, args.model, p, args.artifact)
         results = lm_eval.simple_evaluate(
-            model=load_lm(args.model, p), tasks=specs, task_manager=manager, use_cache=cache, batch_size=p.batch_size, limit=p.limit or None, apply_chat_template=chat,
+            model=load_lm(args.model, p, wrapper), tasks=specs, task_manager=manager, use_cache=cache, batch_size=p.batch_size, limit=p.limit or None, apply_chat_template=chat,
             fewshot_as_multiturn=chat, log_samples=True, bootstrap_iters=p.bootstrap_iters,
             random_seed=p.seed, numpy_random_seed=p.seed, torch_random_seed=p.seed, fewshot_random_seed=p.seed,
         )

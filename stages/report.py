@@ -10,8 +10,10 @@ report/report.html (open it from disk; its pictures are report/figures/*.png) in
     contamination            per eval task: items, contaminated, kept; planted leaks caught
     the tokenizer            vocabulary, bytes per token, speed next to tiktoken
     training                 headline numbers and curves of pretrain, sft, reward, dpo, ppo
-    evaluation               every model's metrics side by side, `value ± stderr`
+    evaluation               every model's and system's metrics side by side, `value ± stderr`
     hallucination            per model: abstains on unknown people, hallucinates, abstains on known
+    selective answering      per gated model: the frontier of abstention on never-seen people against
+                             refusal of known facts (model alone, its gate, self-consistency), signal AUROCs
     reward, PPO and DPO      pairwise accuracy per failure kind, proxy and gold reward against KL
     throughput               tokens/s, MB/s, MFU, ... of every stage
 
@@ -23,12 +25,12 @@ the file and the key. The output holds no timestamps: the same inputs give the s
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from jielong.io import atomic_dir
 from jielong.log import get_logger
-from jielong.params import load
+from jielong.params import load_all
 from jielong.report import (
     Block,
     Heading,
@@ -63,19 +65,28 @@ class Inputs:
     stages: dict[str, Metrics]  # stage name -> its metrics; a stage that has not run is absent
     evals: dict[str, Metrics]  # model -> metrics/eval/<model>.json
     models: list[str]  # eval columns: params' report.models, then any other model with a file
+    systems: dict[str, tuple[str, str]] = field(default_factory=dict)  # system (eval.systems) -> (model, wrapper)
+    gates: dict[str, Metrics] = field(default_factory=dict)  # model -> metrics/gate_fit/<model>.json
 
     def where(self, *parts: str) -> str:
         """A path as the reader knows it (metrics/ppo.json), whatever directory the report read."""
         return "/".join((self.metrics_dir.name, *parts))
 
 
-def read_inputs(metrics_dir: Path, plots_dir: Path, models: tuple[str, ...] | list[str]) -> Inputs:
+def read_inputs(metrics_dir: Path, plots_dir: Path, models: tuple[str, ...] | list[str],
+                systems: dict[str, tuple[str, str]] | None = None) -> Inputs:
     # Every file is read up front, so a broken one fails the stage before anything is written.
     stages = {s: m for s in STAGES if (m := read_metrics(metrics_dir / f"{s}.json")) is not None}
     files = sorted((metrics_dir / "eval").glob("*.json"))
     evals = {f.stem: read_metrics(f) for f in files}
     order = [*models, *sorted(set(evals) - set(models))]
-    return Inputs(metrics_dir, plots_dir, stages, evals, order)
+    gates = {f.stem: read_metrics(f) for f in sorted((metrics_dir / "gate_fit").glob("*.json"))}
+    return Inputs(metrics_dir, plots_dir, stages, evals, order, dict(systems or {}), gates)
+
+
+def kind(inp: Inputs, name: str) -> str:
+    """What an eval column is: a model, or a system (a model with a wrapper at answer time)."""
+    return " + ".join(inp.systems[name]) if name in inp.systems else "model"
 
 
 def not_run(what: str) -> Text:
@@ -218,9 +229,12 @@ def eval_section(inp: Inputs, digits: int) -> list[Block]:
     if not ran:
         return [*blocks, not_run(inp.where("eval", "<model>.json"))]
     keys = sorted({k for m in ran for k in inp.evals[m] if not k.endswith("_stderr")})
-    rows = [[k, *(with_stderr(inp.evals[m], k, digits) for m in ran)] for k in keys]
+    rows = [["(kind)", *(kind(inp, m) for m in ran)]]
+    rows += [[k, *(with_stderr(inp.evals[m], k, digits) for m in ran)] for k in keys]
     blocks += [Text("Every model's lm-eval metrics side by side (value ± stderr where the task reports one; "
-                    ".items is the number of items scored)."),
+                    ".items is the number of items scored). A column of kind \"<model> + gate\" is a system: the "
+                    "model behind its gate, which says \"I do not know\" where the model's own likelihoods show it "
+                    "does not know (params eval.systems); its likelihood tasks are the model's own."),
                Table(["metric", *ran], rows)]
     if skipped:
         blocks.append(Text("not run: " + ", ".join(f"{m} (no {inp.where('eval', m + '.json')})" for m in skipped)))
@@ -237,11 +251,58 @@ def hallucination_section(inp: Inputs, digits: int) -> list[Block]:
     rows = []
     for model in inp.models:
         m = inp.evals.get(model)
-        rows.append([model, *(with_stderr(m, k, digits) if m else "not run" for _, k in HALLUCINATION)])
+        rows.append([model, kind(inp, model),
+                     *(with_stderr(m, k, digits) if m else "not run" for _, k in HALLUCINATION)])
     return [Heading("Hallucination"),
             Text("Asked about people the corpus never mentions, a model should say it does not know; "
-                 "asked about people it saw, it should answer."),
-            Table(["model", *(label for label, _ in HALLUCINATION)], rows)]
+                 "asked about people it saw, it should answer. A row of kind \"<model> + gate\" is the model "
+                 "behind its gate, the others a model alone."),
+            Table(["model", "kind", *(label for label, _ in HALLUCINATION)], rows, text=(0, 1))]
+
+
+# ---------------------------------------------------------------- selective answering
+def frontier_figure(inp: Inputs, model: str, figures: Path, dpi: int) -> Block:
+    """Abstention on never-seen people against refusal of known facts (evaluation people): the model alone
+    (a point), its gate as the threshold moves and self-consistency decoding as the agreement moves (curves),
+    and the model behind its gate as evaluated (a point)."""
+    lines = []
+    for csv, label, points in ((f"gate_fit/{model}/gate.csv", "gate, threshold 0..1", False),
+                               (f"gate_fit/{model}/consistency.csv", "self-consistency, agreement 1/k..1", True)):
+        xy = read_column(inp.plots_dir / csv, "false_abstain_rate", "abstain_rate")
+        if xy is not None:
+            lines.append((Line(csv, "abstain_rate", label, x="false_abstain_rate", points=points), *xy))
+    evaluated = [(model, "model alone")] + [(s, f"{s} (evaluated)") for s, (m, _) in inp.systems.items() if m == model]
+    for name, label in evaluated:
+        m = inp.evals.get(name)
+        if m and "world_known.false_abstain_rate" in m and "world_unknown.abstain_rate" in m:
+            lines.append((Line("", "", label, points=True), [m["world_known.false_abstain_rate"]],
+                          [m["world_unknown.abstain_rate"]]))
+    if not lines:
+        return Text(f"{model}: not run (no {inp.plots_dir.name}/gate_fit/{model}/ and no eval metrics)")
+    draw(figures / f"frontier_{model}.png", f"{model}: abstention frontier (evaluation people)", lines,
+         "known facts refused (world_known.false_abstain_rate)", "never-seen people abstained on", dpi)
+    return Image(f"figures/frontier_{model}.png", f"{model}: abstention on never-seen people against refusal of "
+                 "known facts; the model alone is one point, its gate a curve, self-consistency decoding another")
+
+
+def selective_section(inp: Inputs, figures: Path, digits: int, dpi: int) -> list[Block]:
+    blocks: list[Block] = [Heading("Selective answering")]
+    if not inp.gates:
+        return [*blocks, not_run(inp.where("gate_fit", "<model>.json"))]
+    signals = sorted({k.removeprefix("auroc.right.") for g in inp.gates.values() for k in g
+                      if k.startswith("auroc.right.")})
+    rows = [[s, *(f"{number(g.get(f'auroc.right.{s}'), digits)} / {number(g.get(f'auroc.known.{s}'), digits)}"
+                  for g in inp.gates.values())] for s in signals]
+    rows.append(["threshold", *(number(g.get("threshold"), digits) for g in inp.gates.values())])
+    blocks += [Text("Each model's gate (stages/gate_fit.py) turns its own likelihoods of a question and its reply "
+                    "into P(the reply is right), fitted on the sft and rl people's questions; below the threshold "
+                    "the system says \"I do not know.\". Each signal's AUROC on the evaluation people, for a right "
+                    "reply among the replies that are not abstentions / for a known person among all questions "
+                    f"({inp.where('gate_fit', '<model>.json')}); the calibrator reads only the signals params "
+                    "selective.signals names."),
+               Table(["signal", *inp.gates], rows)]
+    blocks += [frontier_figure(inp, model, figures, dpi) for model in inp.gates]
+    return blocks
 
 
 # ---------------------------------------------------------------- reward, PPO, DPO
@@ -312,6 +373,7 @@ def build(inp: Inputs, figures: Path, title: str, digits: int, dpi: int) -> list
             *training_section(inp, figures, digits, dpi),
             *eval_section(inp, digits),
             *hallucination_section(inp, digits),
+            *selective_section(inp, figures, digits, dpi),
             *alignment_section(inp, figures, digits, dpi),
             *throughput_section(inp, digits)]
 
@@ -332,9 +394,10 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--out", type=Path, default=Path("report"))
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = ap.parse_args(argv)
-    p = load("report", args.params)
+    params = load_all(args.params)
+    p = params.report
 
-    inp = read_inputs(args.metrics, args.plots, p.models)
+    inp = read_inputs(args.metrics, args.plots, p.models, {n: (s.model, s.wrapper) for n, s in params.eval.systems.items()})
     log.info("report: metrics of %s; eval of %s", ", ".join(inp.stages) or "no stage",
              ", ".join(m for m in inp.models if m in inp.evals) or "no model")
     with atomic_dir(args.out) as tmp:

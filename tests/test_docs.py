@@ -29,12 +29,18 @@ def test_readme_holds_the_line_ci_runs_and_stays_a_guide():
 def stage_graph() -> dict[str, set[str]]:
     """Stage name (eval expanded to eval@<model>) -> the stages whose outputs it reads, from dvc.yaml."""
     dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    models = yaml.safe_load((REPO / "params.yaml").read_text())["eval"]["models"]
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
     stages: dict[str, dict] = {}
     for name, spec in dvc.items():
-        if "foreach" in spec:
-            for item in models:
-                stages[f"{name}@{item}"] = yaml.safe_load(yaml.safe_dump(spec["do"]).replace("${item}", str(item)))
+        if "foreach" in spec:  # ${eval.models}: a list of names; ${eval.systems}: a dict, ${key} and ${item.<field>}
+            items = params
+            for part in spec["foreach"].strip("${}").split("."):
+                items = items[part]
+            for key, item in (items.items() if isinstance(items, dict) else ((i, i) for i in items)):
+                text = yaml.safe_dump(spec["do"]).replace("${key}", str(key))
+                for field, value in (item.items() if isinstance(item, dict) else [(None, item)]):
+                    text = text.replace("${item}" if field is None else f"${{item.{field}}}", str(value))
+                stages[f"{name}@{key}"] = yaml.safe_load(text)
         else:
             stages[name] = spec
 

@@ -83,10 +83,32 @@ def test_models_side_by_side_with_stderr(inputs):
     assert "| world_facts_mc.acc | 0.8 ± 0.01 | 0.5 ± 0.02 |" in md
     assert "| world_facts_mc.items | 40 | 40 |" in md
     assert "| world_heldout_ppl.word_perplexity | 2.5 | nan |" in md  # non-finite shown, not fatal
-    assert "not run: ppo (no metrics/eval/ppo.json), dpo (no metrics/eval/dpo.json)" in md
+    assert ("not run: sft-gated (no metrics/eval/sft-gated.json), ppo (no metrics/eval/ppo.json), ppo-gated (no "
+            "metrics/eval/ppo-gated.json), dpo (no metrics/eval/dpo.json), dpo-gated") in md
     # hallucination table: one row per model, the ones that did not run say so
-    assert "| base | 0 ± 0 | 0.25 ± 0.05 | 0 | – |" in md
-    assert "| ppo | not run | not run | not run | not run |" in md
+    assert "| base | model | 0 ± 0 | 0.25 ± 0.05 | 0 | – |" in md
+    assert "| ppo | model | not run | not run | not run | not run |" in md
+    assert "| sft-gated | sft + gate | not run |" in md  # a system: the model behind its gate
+
+
+def test_selective_answering_marks_systems_and_draws_the_frontier(inputs):
+    metrics, plots = inputs / "metrics", inputs / "plots"
+    gated = {"world_unknown.abstain_rate": 0.95, "world_known.false_abstain_rate": 0.09,
+             "world_facts_gen.exact_match": 0.79}
+    (metrics / "eval" / "sft-gated.json").write_text(json.dumps(gated))
+    (metrics / "gate_fit").mkdir()
+    (metrics / "gate_fit" / "sft.json").write_text(json.dumps({
+        "threshold": 0.4, "auroc.right.question_logprob_mean": 0.77, "auroc.known.question_logprob_mean": 0.996,
+        "auroc.right.calibrator": 0.76}))
+    write_csv(plots / "gate_fit" / "sft" / "gate.csv", ["threshold", "abstain_rate", "false_abstain_rate", "exact_match"],
+              [(0.0, 0.5, 0.08, 0.8), (0.5, 0.95, 0.09, 0.79), (1.0, 1.0, 1.0, 0.0)])
+    write_csv(plots / "gate_fit" / "sft" / "consistency.csv", ["agreement", "abstain_rate", "false_abstain_rate",
+                                                                "exact_match"], [(0.5, 0.6, 0.1, 0.8), (1.0, 0.9, 0.5, 0.4)])
+    out = run(inputs)
+    md = (out / "report.md").read_text()
+    assert "| (kind) | model | model | sft + gate |" in md
+    assert "| question_logprob_mean | 0.77 / 0.996 |" in md and "| threshold | 0.4 |" in md
+    assert "![sft: abstention on never-seen people" in md and (out / "figures" / "frontier_sft.png").exists()
 
 
 def test_missing_stages_say_not_run(inputs):
@@ -148,4 +170,4 @@ def test_repository_metrics(tmp_path):
     header = next(line for line in md.splitlines() if line.startswith("| metric | ") and "base" in line)
     assert all(m in header for m in models)
     assert "not run" not in md  # every stage of the default profile has run
-    assert len(list((out / "figures").glob("*.png"))) == 6
+    assert len(list((out / "figures").glob("*.png"))) == 6 + 3  # training curves, a frontier per gated model
