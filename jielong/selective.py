@@ -238,9 +238,14 @@ def fit_calibrator(rows: list[dict[str, float]], right: list[bool], features: li
 
     x = np.array([[r[f] for f in features] for r in rows], dtype=float)
     scaler = StandardScaler().fit(x)
+    mean, scale = tuple(map(float, scaler.mean_)), tuple(float(s) for s in scaler.scale_)
+    if len(set(right)) < 2:
+        # scikit-learn's LogisticRegression refuses a single class; a model that is never (or always) right
+        # on these rows gets the constant P(right) of its smoothed rate, which no signal changes
+        rate = (sum(right) + 0.5) / (len(right) + 1)
+        return Calibrator(tuple(features), mean, scale, (0.0,) * len(features), float(np.log(rate / (1 - rate))))
     lr = LogisticRegression(C=c, max_iter=1000).fit(scaler.transform(x), np.array(right, dtype=int))
-    return Calibrator(tuple(features), tuple(map(float, scaler.mean_)), tuple(float(s) for s in scaler.scale_),
-                      tuple(map(float, lr.coef_[0])), float(lr.intercept_[0]))
+    return Calibrator(tuple(features), mean, scale, tuple(map(float, lr.coef_[0])), float(lr.intercept_[0]))
 
 
 def out_of_fold(rows: list[dict[str, float]], right: list[bool], groups: list[str], features: list[str], c: float,
@@ -251,11 +256,8 @@ def out_of_fold(rows: list[dict[str, float]], right: list[bool], groups: list[st
 
     p = np.zeros(len(rows))
     for train, held in GroupKFold(n_splits=folds).split(rows, right, groups):
-        labels = [right[i] for i in train]
-        if len(set(labels)) < 2:
-            raise SystemExit(f"gate: a fold of the fit set has only {'right' if labels[0] else 'wrong'} replies; "
-                             "lower selective.calibrator.folds or fit on more people")
-        p[held] = fit_calibrator([rows[i] for i in train], labels, features, c).predict([rows[i] for i in held])
+        p[held] = fit_calibrator([rows[i] for i in train], [right[i] for i in train], features,
+                                 c).predict([rows[i] for i in held])
     return p
 
 

@@ -143,6 +143,10 @@ def main(argv: list[str] | None = None) -> None:
     if threshold == 0.0:
         log.warning("the model alone refuses more than %.3f of the fit people's known facts: the gate never abstains",
                     target)
+    if rows["right"].n_unique() < 2:
+        log.warning("gate_fit: every one of %d fit replies is %s: the calibrator is a constant and the gate "
+                    "decides nothing (a model this weak, as on the tiny profile)", rows.height,
+                    "right" if rows["right"].all() else "wrong")
     calibrator = selective.fit_calibrator(rows.select(feats).to_dicts(), rows["right"].to_list(), feats, p.calibrator.c)
     gate = selective.Gate(args.model.as_posix(), selective.model_sha256(args.model), decoding, calibrator, threshold,
                           p.sentence)

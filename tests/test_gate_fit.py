@@ -96,6 +96,17 @@ def test_a_calibrator_fitted_on_synthetic_signals_recovers_the_rule():
     assert ((oof > 0.5) == right).mean() > 0.9 and not np.array_equal(oof, p)
 
 
+def test_a_model_never_right_gets_a_constant_calibrator_from_its_smoothed_rate():
+    names = ["question_logprob_mean", "agreement"]
+    rows = [{"question_logprob_mean": -float(i), "agreement": i / 10} for i in range(10)]
+    cal = selective.fit_calibrator(rows, [False] * 10, names, c=1.0)
+    assert cal.coef == (0.0, 0.0) and np.allclose(cal.predict(rows), 0.5 / 11)
+    # a fold whose training rows hold one class is predicted the same way, not refused
+    right = [i == 0 for i in range(10)]
+    oof = selective.out_of_fold(rows, right, [str(i) for i in range(10)], names, 1.0, folds=2)
+    assert np.isfinite(oof).all()
+
+
 def test_the_threshold_refuses_known_facts_at_most_the_target_rate():
     p = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 1.0])
     abstains = np.array([False] * 9 + [True])  # the model itself refuses one of ten
