@@ -1,6 +1,8 @@
 """On-policy preference data: the policy answers rl people's questions, a judge scores every reply, the
 best- and worst-judged replies of a prompt make a pair. The samples stage builds the pairs the reward
 model and DPO learn from; iterative DPO (stages/dpo.py, dpo.rounds) re-samples from its own policy.
+The alignment stages (dpo, kto, grpo) also share the check that they learn on rl people only and the
+gold reward of a policy's greedy answers to held-out rl people's questions.
 """
 
 from __future__ import annotations
@@ -9,9 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import torch
 from transformers import GenerationConfig
 
-from jielong import generation, judge, preferences
+from jielong import generation, grading, judge, preferences
+from jielong.chat import PAD
 from jielong.world.people import attribute_values
 
 PAIR_COLUMNS = ["id", "person_id", "qid", "name", "known", "attribute", "answer", "choices", "prompt", "chosen",
@@ -102,3 +106,36 @@ def mix(policy: pl.DataFrame, synthetic: pl.DataFrame, fraction: float, seed: in
     take = synthetic.sample(n=min(want, synthetic.height), seed=seed, shuffle=True) if want else synthetic.head(0)
     take = take.with_columns(chosen_score=pl.lit(None, pl.Float64), rejected_score=pl.lit(None, pl.Float64))
     return pl.concat([policy, take.select(policy.columns)], how="vertical_relaxed")
+
+
+# ---------------------------------------------------------------- what the alignment stages share
+def refuse_other_splits(stage: str, questions: pl.DataFrame, paths: list[Path]) -> None:
+    """Alignment learns, and checks its gold reward, on rl people only: data about anyone else (an sft or
+    eval person, or data built on a world from before the sft/rl/eval splits) stops the stage."""
+    split_of = dict(zip(questions["person_id"].to_list(), questions["split"].to_list(), strict=False))
+    for path in paths:
+        people = pl.read_parquet(path, columns=["person_id"])["person_id"].unique().to_list()
+        bad = sorted(f"{pid} ({split_of.get(pid, 'not in the world')})" for pid in people if split_of.get(pid) != "rl")
+        if bad:
+            raise SystemExit(f"{stage}: {path} has data about people outside the rl split ({len(bad)}, e.g. "
+                             f"{', '.join(bad[:3])}); rebuild it on this world")
+
+
+def heldout(rows: pl.DataFrame, world: Path) -> tuple[list[list[dict]], list[dict]]:
+    """(prompts, docs) of held-out rows (rl people the stage never trains on): each question once, its
+    first prompt, with the question-bank row and the attribute's values the gold reward reads."""
+    held = rows.unique("qid", keep="first", maintain_order=True)
+    docs = held.select("qid").join(rl_questions(world), on="qid", how="left", maintain_order="left").to_dicts()
+    return held["prompt"].to_list(), docs
+
+
+@torch.no_grad()
+def gold_of(model, tok, prompts: list[list[dict]], docs: list[dict], max_new_tokens: int) -> float:
+    """Mean gold reward of the model's greedy answers to `prompts` (jielong.generation, as talk generates)."""
+    model.eval()
+    tok.padding_side = "left"
+    config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=tok.eos_token_id,
+                              pad_token_id=tok.convert_tokens_to_ids(PAD))
+    replies = generation.generate_batch(tok, model, config, [generation.encode(tok, True, p) for p in prompts],
+                                        batch_size=32)
+    return float(np.mean([grading.gold_reward(reply, doc) for reply, doc in zip(replies, docs, strict=True)]))

@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -414,6 +414,7 @@ class SystemParams(Section):
     model: str  # data/models/<model>
     wrapper: str  # a name in jielong.systems.WRAPPERS, e.g. gate
     artifact: str  # data/models/<artifact>: what the wrapper loads (a gate, a reward model)
+    options: dict[str, int | float]  # the wrapper's own knobs ({} for a gate; best_of_n: n, temperature, top_p)
 
 
 class EvalParams(Section):
@@ -627,11 +628,10 @@ class PpoParams(Section):
         return self
 
 
-class DpoParams(Section):
-    """Direct preference optimisation from the SFT model on data/prefs (stages/dpo.py, TRL's DPOTrainer)."""
+class TrlTraining(Section):
+    """The training knobs every TRL-trained alignment stage reads (jielong/trainer.training_args)."""
 
     seed: int
-    beta: Annotated[float, Field(gt=0)]  # strength of the implicit KL leash to the SFT reference
     epochs: Annotated[float, Field(gt=0)]
     batch_size: PosInt
     grad_accum: PosInt
@@ -640,12 +640,79 @@ class DpoParams(Section):
     warmup_ratio: Annotated[float, Field(ge=0, lt=1)]
     weight_decay: Annotated[float, Field(ge=0)]
     grad_clip: Annotated[float, Field(ge=0)]
-    max_length: PosInt
     log_every: PosInt
-    eval_every: PosInt
     gold_max_new_tokens: PosInt  # answer length when scoring held-out prompts by the gold reward
-    rounds: PosInt  # 1: offline DPO on data/samples; k > 1: rounds 2..k re-sample and judge the policy's own replies
     threads: NonNegInt
+
+
+class DpoParams(TrlTraining):
+    """Direct preference optimisation from the SFT model on data/samples (stages/dpo.py, TRL's DPOTrainer)."""
+
+    eval_every: PosInt
+    beta: Annotated[float, Field(gt=0)]  # strength of the implicit KL leash to the SFT reference
+    max_length: PosInt
+    rounds: PosInt  # 1: offline DPO on data/samples; k > 1: rounds 2..k re-sample and judge the policy's own replies
+
+
+def _model_names(names: list[str]) -> list[str]:
+    for i, name in enumerate(names):
+        check_name(f"models[{i}]", name)
+    return names
+
+
+# the models a stage that is off in the default run trains (data/models/<name>, dvc foreach): [] leaves it out
+ModelNames = Annotated[list[str], AfterValidator(_model_names)]
+
+
+class KtoParams(TrlTraining):
+    """KTO from the SFT model on the judged samples' good/bad labels (stages/kto.py, TRL's KTOTrainer)."""
+
+    models: ModelNames
+    eval_every: PosInt
+    beta: Annotated[float, Field(gt=0)]  # strength of the implicit KL leash to the SFT reference
+    desirable_weight: Annotated[float, Field(gt=0)]  # loss weight of good replies
+    undesirable_weight: Annotated[float, Field(gt=0)]  # of bad ones: balances unequal counts
+    max_length: PosInt
+
+
+class GrpoParams(TrlTraining):
+    """GRPO from the SFT model on rl people's questions (stages/grpo.py, TRL's GRPOTrainer).
+    `batch_size` counts replies: batch_size / group_size questions per step; `epochs` passes over the questions."""
+
+    models: ModelNames
+    group_size: Annotated[int, Field(ge=2)]  # replies per question; advantages are relative to the group
+    beta: Annotated[float, Field(ge=0)]  # KL penalty to the SFT reference; 0: none (and no reference model)
+    reward: Literal["model", "judge", "sum"]  # the reward model, the world's truth, or both (as ppo.reward)
+    loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"]
+    updates_per_batch: PosInt  # policy updates on one batch of replies (GRPO's mu)
+    max_new_tokens: PosInt
+    temperature: Annotated[float, Field(gt=0)]
+    top_p: Annotated[float, Field(gt=0, le=1)]
+
+    @model_validator(mode="after")
+    def _groups(self) -> GrpoParams:
+        if self.batch_size % self.group_size:
+            raise ValueError(f"batch_size ({self.batch_size}) is not a multiple of group_size ({self.group_size})")
+        return self
+
+
+class BonParams(Section):
+    """Best-of-N with the reward model at answer time, swept over N (stages/bon.py, jielong/best_of_n.py)."""
+
+    models: ModelNames  # the policies to sweep: metrics/bon/<name>.json
+    n: Annotated[list[PosInt], Field(min_length=1)]  # the largest is sampled; smaller ones read disjoint chunks of it
+    temperature: Annotated[float, Field(gt=0)]
+    top_p: Annotated[float, Field(gt=0, le=1)]
+    max_new_tokens: PosInt
+    batch_size: PosInt  # sequences per generate call and per reward-model pass
+    seed: int
+
+    @model_validator(mode="after")
+    def _chunks(self) -> BonParams:
+        top = max(self.n)
+        if bad := [n for n in self.n if top % n]:
+            raise ValueError(f"n {self.n}: {bad} do not divide the largest, {top} (each N reads whole chunks of it)")
+        return self
 
 
 # ---------------------------------------------------------------- report
@@ -702,6 +769,9 @@ class Params(Section):
     pretrain: PretrainParams
     sft: SftParams
     dpo: DpoParams
+    kto: KtoParams
+    grpo: GrpoParams
+    bon: BonParams
     gate: GateParams
     selective: SelectiveParams
     pref_data: PrefDataParams

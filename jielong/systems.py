@@ -20,13 +20,15 @@ where `lm` is the SystemLM (its `.model` and `.tokenizer` are the Hugging Face o
 `lm.model_replies(asked)` gives the model's own replies, as lm-eval's HFLM generates them for the
 model alone) and each Asked holds the prompt as the model reads it, the question the user asked (the
 last user turn, when the prompt came through the chat template) and lm-eval's generation arguments. A
-new wrapper is a function `load(artifact_dir, model_dir) -> Wrapper` added to WRAPPERS under its name
-(what params `eval.systems.<name>.wrapper` says); `artifact_dir` is what its system names in
-`eval.systems.<name>.artifact` (a gate, a reward model), checked to belong with `model_dir` by the loader.
+new wrapper is a function `load(artifact_dir, model_dir, **options) -> Wrapper` added to WRAPPERS under its
+name (what params `eval.systems.<name>.wrapper` says); `artifact_dir` is what its system names in
+`eval.systems.<name>.artifact` (a gate, a reward model), checked to belong with `model_dir` by the loader,
+and `options` are `eval.systems.<name>.options` (best-of-N's n, temperature, top_p).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +39,7 @@ from lm_eval.api.model import CacheHook
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
-from jielong import selective
+from jielong import best_of_n, selective
 
 
 @dataclass(frozen=True)
@@ -55,17 +57,26 @@ class Wrapper(Protocol):
     def answer(self, lm: SystemLM, asked: list[Asked]) -> list[str]: ...
 
 
-# name (params eval.systems.<name>.wrapper) -> load(artifact_dir, model_dir) -> Wrapper
-WRAPPERS: dict[str, Callable[[Path, Path], Wrapper]] = {
+# name (params eval.systems.<name>.wrapper) -> load(artifact_dir, model_dir, **options) -> Wrapper
+WRAPPERS: dict[str, Callable[..., Wrapper]] = {
     "gate": selective.load_gate,  # "I do not know." where P(right) from the model's own likelihoods is low
+    "best_of_n": best_of_n.load_system,  # n sampled replies, the reward model's favourite said
 }
 
 
-def load_wrapper(kind: str, artifact: Path, model_dir: Path) -> Wrapper:
-    """The wrapper `kind` over its artifact; an unknown kind fails naming the known ones."""
+def load_wrapper(kind: str, artifact: Path, model_dir: Path, options: dict | None = None) -> Wrapper:
+    """The wrapper `kind` over its artifact; an unknown kind or option fails naming the known ones."""
     if kind not in WRAPPERS:
         raise SystemExit(f"systems: unknown wrapper {kind!r} (params eval.systems); known: {sorted(WRAPPERS)}")
-    return WRAPPERS[kind](Path(artifact), Path(model_dir))
+    load = WRAPPERS[kind]
+    known = {n: a for n, a in inspect.signature(load).parameters.items() if a.kind == a.KEYWORD_ONLY}
+    unknown = sorted(set(options or {}) - set(known))
+    missing = sorted(n for n, a in known.items() if a.default is a.empty and n not in (options or {}))
+    if unknown or missing:
+        raise SystemExit(f"systems: wrapper {kind!r}: params eval.systems.<name>.options "
+                         f"{'has no ' + str(unknown) if unknown else 'lacks ' + str(missing)}; its options: "
+                         f"{sorted(known) or 'none'}")
+    return load(Path(artifact), Path(model_dir), **(options or {}))
 
 
 @register_model("jielong-system")

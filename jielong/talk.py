@@ -16,6 +16,8 @@ if at least --agreement of them give it, else "I do not know." (measured: docs/f
 --gate data/models/<model>-gate answers through the model's gate (jielong/selective.py): the greedy reply
 if the model's own likelihoods put P(right) at or above the gate's threshold, else its abstention
 sentence; the model is the one the gate names (or the one given, if its weights are the gate's).
+--best-of N --reward data/models/reward samples N replies and answers with the one the reward model
+scores highest (jielong/best_of_n.py).
 Generation itself is jielong/generation.py, which the stages share; this file is the command line.
 """
 
@@ -30,6 +32,7 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig, TextIteratorStreamer
 
+from jielong.best_of_n import RewardScorer, best_of_n
 from jielong.chat import is_chat_tokenizer
 from jielong.generation import encode, generate_batch, load, self_consistent_batch, trim
 from jielong.selective import Gate, greedy_replies, load_gate
@@ -95,13 +98,18 @@ def check_args(args) -> None:
     """Every bad flag stops before the model loads, naming the flag and the value."""
     if args.greedy and args.sample:
         raise SystemExit("talk: --greedy and --sample contradict each other")
-    if args.gate is not None and (args.self_consistency or args.sample or args.temperature is not None
+    if args.gate is not None and (args.self_consistency or args.best_of or args.sample or args.temperature is not None
                                   or args.top_k is not None or args.top_p is not None):
         raise SystemExit("talk: --gate decides on the greedy reply its calibrator was fitted on; it does not combine "
-                         "with --self-consistency or sampling flags")
+                         "with --self-consistency, --best-of or sampling flags")
     if args.self_consistency and (args.greedy or args.self_consistency < 2 or not 0 < args.agreement <= 1):
         raise SystemExit(f"talk: --self-consistency {args.self_consistency} needs K >= 2 sampled replies (not "
                          f"--greedy) and 0 < --agreement <= 1 (got {args.agreement})")
+    if args.best_of and (args.best_of < 2 or args.greedy or args.self_consistency or args.reward is None):
+        raise SystemExit(f"talk: --best-of {args.best_of} needs N >= 2 sampled replies (not --greedy, not with "
+                         f"--self-consistency) and --reward, a reward model directory (got {args.reward})")
+    if args.reward is not None and not args.best_of:
+        raise SystemExit("talk: --reward is what --best-of N chooses with; give --best-of too")
     bounds = {"--temperature": (args.temperature, "> 0", lambda v: v > 0),
               "--top-k": (args.top_k, ">= 0 (0: off)", lambda v: v >= 0),
               "--top-p": (args.top_p, "in (0, 1]", lambda v: 0 < v <= 1),
@@ -131,7 +139,8 @@ def last_user(item: str | list[dict]) -> str | None:
 
 
 def interactive(tok, model, config: GenerationConfig, chat: bool, system: str | None,
-                consistency: tuple[int, float] | None = None, batch_size: int = 16, gate: Gate | None = None) -> None:
+                consistency: tuple[int, float] | None = None, batch_size: int = 16, gate: Gate | None = None,
+                best: tuple[int, RewardScorer] | None = None) -> None:
     history: list[dict] = [{"role": "system", "content": system}] if system else []
     print(f"[{'chat' if chat else 'complete'} mode; /reset clears the conversation, /quit or Ctrl-D leaves]")
     while True:
@@ -153,8 +162,10 @@ def interactive(tok, model, config: GenerationConfig, chat: bool, system: str | 
             print(f"model> {reply}")
             history += [{"role": "user", "content": line}, {"role": "assistant", "content": reply}]
             continue
-        if consistency:  # k replies decide one: nothing to stream
-            reply = self_consistent_batch(tok, model, config, [prompt], *consistency, batch_size)[0]
+        if consistency or best:  # k replies decide one: nothing to stream
+            reply = (self_consistent_batch(tok, model, config, [prompt], *consistency, batch_size)[0] if consistency
+                     else best_of_n(tok, model, config, [[*history, {"role": "user", "content": line}]], best[0],
+                                    best[1], batch_size)[0][0])
             print(f"model> {reply}")
             history += [{"role": "user", "content": line}, {"role": "assistant", "content": reply}]
             continue
@@ -201,6 +212,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="with --self-consistency: the share of the K replies the answer needs (default 0.6)")
     ap.add_argument("--gate", type=Path, help="a gate directory (data/models/<model>-gate): answer greedily, or say "
                     "the gate's abstention sentence where the model's own likelihoods say it does not know")
+    ap.add_argument("--best-of", type=int, default=0, metavar="N",
+                    help="chat models: sample N replies, answer with the one --reward scores highest")
+    ap.add_argument("--reward", type=Path, help="with --best-of: a reward model directory, e.g. data/models/reward")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -226,8 +240,20 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"talk: --self-consistency compares a chat model's replies; {args.model} is prompted "
                          "as a base model (--mode complete or no chat template)")
     consistency = (args.self_consistency, args.agreement) if args.self_consistency else None
+    best = None
+    if args.best_of:
+        if not chat:
+            raise SystemExit(f"talk: --best-of scores a chat model's replies; {args.model} is prompted as a base model")
+        try:
+            scorer = RewardScorer(args.reward, args.device)
+        except SystemExit as err:
+            raise SystemExit(f"talk: --reward: {err}") from None
+        if not scorer.vocab_matches(tok):
+            raise SystemExit(f"talk: the tokenizers of {args.model} and {args.reward} differ; the reward model must "
+                             "be trained from this chat model")
+        best = (args.best_of, scorer)
     if args.prompts is None:
-        interactive(tok, model, config, chat, args.system, consistency, args.batch_size, gate)
+        interactive(tok, model, config, chat, args.system, consistency, args.batch_size, gate, best)
         return
     if chat and args.system:
         items = [[{"role": "system", "content": args.system}, *([{"role": "user", "content": i}] if isinstance(i, str) else i)]
@@ -235,6 +261,9 @@ def main(argv: list[str] | None = None) -> None:
     prompts = [encode(tok, chat, i) for i in items]
     if gate is not None:
         replies = gated_batch(tok, model, gate, prompts, [last_user(i) for i in items])
+    elif best:
+        messages = [[{"role": "user", "content": i}] if isinstance(i, str) else i for i in items]
+        replies = best_of_n(tok, model, config, messages, best[0], best[1], args.batch_size)[0]
     elif consistency:
         replies = self_consistent_batch(tok, model, config, prompts, *consistency, args.batch_size)
     else:

@@ -1,6 +1,6 @@
-"""What the three TRL-trained stages (sft, reward, dpo) share: their TrainingArguments and a log callback.
+"""What the TRL-trained stages (sft, reward, dpo, kto, grpo) share: their TrainingArguments and a log callback.
 
-Every section these read (params sft, reward, dpo) carries the same training knobs; the stage adds
+Every section these read (params sft, reward, dpo, kto, grpo) carries the same training knobs; the stage adds
 its own (assistant-only loss, the reward centring term, DPO's beta) to what `training_args` returns.
 """
 
@@ -26,7 +26,9 @@ def training_args(p, scratch: str, cuda: bool) -> dict:
         # a float below 1 is a ratio of the total steps (transformers >= 5)
         lr_scheduler_type=p.lr_scheduler, warmup_steps=p.warmup_ratio, weight_decay=p.weight_decay,
         max_grad_norm=p.grad_clip if p.grad_clip > 0 else 1e9,
-        logging_steps=p.log_every, logging_first_step=True, eval_strategy="steps", eval_steps=p.eval_every,
+        logging_steps=p.log_every, logging_first_step=True,
+        # a section without eval_every (GRPO: its held-out check is the gold reward) evaluates nothing
+        eval_strategy="steps" if hasattr(p, "eval_every") else "no", eval_steps=getattr(p, "eval_every", None),
         # Trainer checkpoints are pickles (optimizer.pt, rng_state.pth), which this project never writes;
         # each of these stages takes minutes and restarts cleanly when killed
         save_strategy="no", report_to="none", seed=p.seed, data_seed=p.seed, use_cpu=not cuda, bf16=cuda,

@@ -26,16 +26,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerFast
 
-from jielong import grading, onpolicy, preferences
+from jielong import onpolicy, preferences
 from jielong.chat import PAD
-from jielong.generation import encode as encode_prompt
-from jielong.generation import generate_batch
 from jielong.io import atomic_dir, write_csv
 from jielong.log import get_logger
 from jielong.metrics import write_metrics
@@ -52,29 +49,6 @@ def pairs(table: pl.DataFrame) -> Dataset:
     return Dataset.from_list([{"prompt": r["prompt"], "chosen": [{"role": "assistant", "content": r["chosen"]}],
                                "rejected": [{"role": "assistant", "content": r["rejected"]}]}
                               for r in table.iter_rows(named=True)])
-
-
-@torch.no_grad()
-def gold_of(model, tok, prompts: list[list[dict]], docs: list[dict], max_new_tokens: int) -> float:
-    """Mean gold reward of the model's greedy answers to `prompts` (jielong.generation, as the talk CLI generates)."""
-    model.eval()
-    tok.padding_side = "left"
-    config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=tok.eos_token_id,
-                              pad_token_id=tok.convert_tokens_to_ids(PAD))
-    replies = generate_batch(tok, model, config, [encode_prompt(tok, True, p) for p in prompts], batch_size=32)
-    return float(np.mean([grading.gold_reward(reply, doc) for reply, doc in zip(replies, docs, strict=True)]))
-
-
-def refuse_other_splits(questions: pl.DataFrame, paths: list[Path]) -> None:
-    """DPO learns, and checks its gold reward, on rl people only: pairs about anyone else (an sft or
-    eval person, or pairs built on a world from before the sft/rl/eval splits) stop the stage."""
-    split_of = dict(zip(questions["person_id"].to_list(), questions["split"].to_list(), strict=False))
-    for path in paths:
-        people = pl.read_parquet(path, columns=["person_id"])["person_id"].unique().to_list()
-        bad = sorted(f"{pid} ({split_of.get(pid, 'not in the world')})" for pid in people if split_of.get(pid) != "rl")
-        if bad:
-            raise SystemExit(f"dpo: {path} has pairs about people outside the rl split ({len(bad)}, e.g. "
-                             f"{', '.join(bad[:3])}); rebuild the pairs on this world")
 
 
 def resample(model, tok, args, params, k: int) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -121,15 +95,12 @@ def main(argv: list[str] | None = None) -> None:
 
     tok = PreTrainedTokenizerFast.from_pretrained(args.sft)
     train_table, val_table = pl.read_parquet(args.data / "train.parquet"), pl.read_parquet(args.data / "val.parquet")
-    # the gold reward's prompts: each held-out question once, with its question-bank row
-    held = val_table.unique("qid", keep="first", maintain_order=True)
-    questions = pl.read_parquet(args.world / "questions.parquet")
-    refuse_other_splits(questions, [args.data / "train.parquet", args.data / "val.parquet"])
-    docs = held.select("qid").join(questions, on="qid", how="left", maintain_order="left").to_dicts()
-    prompts = held["prompt"].to_list()
+    onpolicy.refuse_other_splits("dpo", pl.read_parquet(args.world / "questions.parquet"),
+                                 [args.data / "train.parquet", args.data / "val.parquet"])
+    prompts, docs = onpolicy.heldout(val_table, args.world)  # the gold reward's prompts
 
     model = AutoModelForCausalLM.from_pretrained(args.sft, dtype=torch.float32)
-    gold_before = gold_of(model, tok, prompts, docs, p.gold_max_new_tokens)
+    gold_before = onpolicy.gold_of(model, tok, prompts, docs, p.gold_max_new_tokens)
     log.info("DPO of %s on %d pairs (%d val), beta %.3g, %d round(s); SFT gold reward on %d held-out prompts %.3f",
              args.sft, train_table.height, val_table.height, p.beta, p.rounds, len(prompts), gold_before)
 
@@ -155,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
         steps += trainer.state.global_step
         trained_pairs += int(train_table.height * p.epochs)
         if p.rounds > 1:
-            rounds[f"round{k}.gold_reward"] = gold_of(model, tok, prompts, docs, p.gold_max_new_tokens)
+            rounds[f"round{k}.gold_reward"] = onpolicy.gold_of(model, tok, prompts, docs, p.gold_max_new_tokens)
             rounds[f"round{k}.pairs"] = train_table.height
             log.info("dpo round %d: %d pairs, held-out gold reward %.3f", k, train_table.height,
                      rounds[f"round{k}.gold_reward"])
@@ -164,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, value in (("train loss", result.training_loss), ("val loss", final["eval_loss"])):
         if not math.isfinite(value):
             raise FloatingPointError(f"dpo: {name} is {value}; nothing saved (try a lower dpo.lr than {p.lr})")
-    gold_after = gold_of(tuned, tok, prompts, docs, p.gold_max_new_tokens)
+    gold_after = onpolicy.gold_of(tuned, tok, prompts, docs, p.gold_max_new_tokens)
     with atomic_dir(args.out) as tmp:
         tuned.save_pretrained(tmp, safe_serialization=True)
         save_tokenizer(tok, tmp)

@@ -418,15 +418,16 @@ def main(argv: list[str] | None = None) -> None:
 
     import lm_eval
 
-    wrapper = None
+    wrapper, system = None, p.systems.get(name)  # a system params names: its model and its wrapper's options
     if args.wrapper:
         # imported by name: a model's own eval (eval@<model>) never runs a wrapper, so jielong/systems.py and
         # the wrappers' modules are deps of eval_system@<name> only (dvc.yaml), and changing them re-runs no model's eval
         systems = importlib.import_module("jielong.systems")
-        wrapper = systems.load_wrapper(args.wrapper, args.artifact, args.model)
+        wrapper = systems.load_wrapper(args.wrapper, args.artifact, args.model, system.options if system else None)
     world = list(dict.fromkeys([*p.tasks, *p.extra_tasks.get(name, [])]))
-    chat = name in p.chat_models or sft_tokenizer(args.model)
-    if chat and name not in p.chat_models:
+    listed = (system.model if system else name) in p.chat_models
+    chat = listed or sft_tokenizer(args.model)
+    if chat and not listed:
         log.info("%s is not in eval.chat_models, but its tokenizer ends a turn with %s and has a chat template: "
                  "prompted as a chat model", name, END)
     with tempfile.TemporaryDirectory(prefix="jielong-eval-") as scratch:  # gone even when the run fails

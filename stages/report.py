@@ -9,12 +9,14 @@ report/report.html (open it from disk; its pictures are report/figures/*.png) in
     the corpus funnel        crawl pages by kind, documents in/out of every step and why they left
     contamination            per eval task: items, contaminated, kept; planted leaks caught
     the tokenizer            vocabulary, bytes per token, speed next to tiktoken
-    training                 headline numbers and curves of pretrain, sft, reward, dpo, ppo
+    training                 headline numbers and curves of pretrain, sft, reward, dpo, kto, ppo, grpo
     evaluation               every model's and system's metrics side by side, `value ± stderr`
     hallucination            per model: abstains on unknown people, hallucinates, abstains on known
     selective answering      per gated model: the frontier of abstention on never-seen people against
                              refusal of known facts (model alone, its gate, self-consistency), signal AUROCs
-    reward, PPO and DPO      pairwise accuracy per failure kind, proxy and gold reward against KL
+    alignment                the judged on-policy samples; pairwise accuracy per kind; PPO, DPO, KTO and
+                             GRPO before and after; proxy and gold reward against KL; every aligned
+                             model against SFT item by item (paired difference and its standard error)
     throughput               tokens/s, MB/s, MFU, ... of every stage
 
 A stage that has not run (its metrics file or curve is absent: the tiny profile, a subset of
@@ -25,6 +27,8 @@ the file and the key. The output holds no timestamps: the same inputs give the s
 from __future__ import annotations
 
 import argparse
+import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,7 +55,10 @@ from jielong.report import (
 
 log = get_logger("report")
 
-STAGES = ("world", "corpus", "decontam", "tokenizer", "pretrain", "sft", "reward", "ppo", "dpo")
+STAGES = ("world", "corpus", "decontam", "tokenizer", "pretrain", "sft", "samples", "reward", "ppo", "dpo", "kto",
+          "grpo")
+# stages the default run leaves out (their params list no model): absent, they are "off", not "not run"
+OPTIONAL = {"kto": "kto.models", "grpo": "grpo.models"}
 # the corpus pipeline's steps in the order documents pass them (stages/corpus.py); metrics sort them by name
 FUNNEL_STEPS = ("read", "url_filter", "extract", "language", "gopher_repetition", "gopher_quality", "c4",
                 "fineweb", "pii", "exact_dedup", "near_dedup")
@@ -65,6 +72,7 @@ class Inputs:
     stages: dict[str, Metrics]  # stage name -> its metrics; a stage that has not run is absent
     evals: dict[str, Metrics]  # model -> metrics/eval/<model>.json
     models: list[str]  # eval columns: params' report.models, then any other model with a file
+    items: dict[str, dict]  # model -> metrics/items/<model>.json: task -> metric -> item -> value
     systems: dict[str, tuple[str, str]] = field(default_factory=dict)  # system (eval.systems) -> (model, wrapper)
     gates: dict[str, Metrics] = field(default_factory=dict)  # model -> metrics/gate_fit/<model>.json
 
@@ -80,8 +88,9 @@ def read_inputs(metrics_dir: Path, plots_dir: Path, models: tuple[str, ...] | li
     files = sorted((metrics_dir / "eval").glob("*.json"))
     evals = {f.stem: read_metrics(f) for f in files}
     order = [*models, *sorted(set(evals) - set(models))]
+    items = {f.stem: json.loads(f.read_text()) for f in sorted((metrics_dir / "items").glob("*.json"))}
     gates = {f.stem: read_metrics(f) for f in sorted((metrics_dir / "gate_fit").glob("*.json"))}
-    return Inputs(metrics_dir, plots_dir, stages, evals, order, dict(systems or {}), gates)
+    return Inputs(metrics_dir, plots_dir, stages, evals, order, items, dict(systems or {}), gates)
 
 
 def kind(inp: Inputs, name: str) -> str:
@@ -91,6 +100,14 @@ def kind(inp: Inputs, name: str) -> str:
 
 def not_run(what: str) -> Text:
     return Text(f"not run: no {what}")
+
+
+def is_off(inp: Inputs, stage: str) -> bool:
+    return stage in OPTIONAL and stage not in inp.stages
+
+
+def off(stage: str) -> Text:
+    return Text(f"off in this run ({OPTIONAL[stage]} is empty; profiles/methods.yaml turns it on)")
 
 
 def key_value_table(m: Metrics, keys: list[str], digits: int, header=("metric", "value")) -> Table:
@@ -179,6 +196,8 @@ CURVES = (
            Line("reward/val.csv", "val_accuracy", "validation")), "accuracy"),
     Curve("dpo_loss", "DPO loss", (Line("dpo/train.csv", "loss", "train"),
                                    Line("dpo/val.csv", "val_loss", "validation")), "loss"),
+    Curve("kto_loss", "KTO loss", (Line("kto/train.csv", "loss", "train"),
+                                   Line("kto/val.csv", "val_loss", "validation")), "loss"),
     Curve("ppo_reward", "PPO reward per iteration",
           (Line("ppo/train.csv", "reward", "proxy (reward model)"),
            Line("ppo/train.csv", "gold_reward", "gold (ground truth)")), "reward", xlabel="iteration"),
@@ -188,6 +207,11 @@ OVEROPTIMISATION = Curve(
     (Line("ppo/train.csv", "reward", "proxy (reward model)", x="kl", points=True),
      Line("ppo/train.csv", "gold_reward", "gold (ground truth)", x="kl", points=True)), "reward",
     xlabel="KL to the reference (per iteration)")
+GRPO_CURVE = Curve(
+    "grpo_reward", "GRPO: proxy and gold reward of each step's replies against KL to the reference",
+    (Line("grpo/train.csv", "reward_model", "proxy (reward model)", x="kl_per_token", points=True),
+     Line("grpo/train.csv", "gold_reward", "gold (ground truth)", x="kl_per_token", points=True)), "reward",
+    xlabel="KL to the reference (per token, per step)")
 
 
 def figure(curve: Curve, inp: Inputs, figures: Path, dpi: int) -> Block:
@@ -208,17 +232,17 @@ def figure(curve: Curve, inp: Inputs, figures: Path, dpi: int) -> Block:
 
 def training_section(inp: Inputs, figures: Path, digits: int, dpi: int) -> list[Block]:
     rows = []
-    for stage in ("pretrain", "sft", "reward", "dpo"):
+    for stage in ("pretrain", "sft", "reward", "dpo", "kto", "grpo"):
         m = inp.stages.get(stage)
         if m is None:
-            rows.append([stage, "not run", "", "", "", ""])
+            rows.append([stage, "off" if is_off(inp, stage) else "not run", "", "", "", ""])
             continue
         rows.append([stage, *(number(m.get(k), digits) for k in
                               ("steps", "tokens", "train_loss", "val_loss_first", "val_loss"))])
     return [Heading("Training"),
             Text("Final training loss, and validation loss before the first step and after the last."),
             Table(["stage", "steps", "tokens", "train loss", "val loss at start", "val loss at end"], rows),
-            *(figure(c, inp, figures, dpi) for c in CURVES)]
+            *(figure(c, inp, figures, dpi) for c in CURVES if not is_off(inp, c.lines[0].csv.split("/")[0]))]
 
 
 # ---------------------------------------------------------------- evaluation, hallucination
@@ -312,8 +336,85 @@ def before_after(m: Metrics, rows: list[tuple[str, str, str]], digits: int, afte
                                              for label, b, a in rows])
 
 
+def samples_blocks(inp: Inputs, digits: int) -> list[Block]:
+    m = inp.stages.get("samples")
+    if m is None:
+        return [Heading("Judged on-policy samples", 3), not_run(inp.where("samples.json"))]
+    shares = sorted(k for k in m if k.startswith(("known.", "unknown.")))
+    return [Heading("Judged on-policy samples", 3),
+            Text("The SFT policy's sampled replies to rl people's questions, as the judge scored them: the "
+                 "share of replies per outcome and person kind, the pairs made of them, and with a model "
+                 "judge (RLAIF) how often it orders two replies as the world's truth does."),
+            key_value_table(m, [*shares, "samples", "pairs", "pairs_on_policy", "judge_agreement", "judge_pairs"],
+                            digits)]
+
+
+# the eval metrics an aligned model is held to against SFT, item by item (metrics/items/<model>.json)
+PAIRED = (("gold reward", "gold_reward", "mean"), ("exact match", "world_facts_gen", "exact_match"),
+          ("abstains on unknown people", "world_unknown", "abstain_rate"),
+          ("abstains on known people", "world_known", "false_abstain_rate"))
+
+
+def paired_difference(base: dict, cur: dict) -> tuple[float, float, int] | None:
+    """(mean of cur - base over the items both scored, its standard error, items), or None."""
+    shared = sorted(set(base) & set(cur))
+    if len(shared) < 2:
+        return None
+    d = [cur[i] - base[i] for i in shared]
+    mean = sum(d) / len(d)
+    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1))
+    return mean, sd / math.sqrt(len(d)), len(d)
+
+
+def against_sft(inp: Inputs, digits: int) -> list[Block]:
+    sft = inp.items.get("sft")
+    models = [m for m in inp.models if m not in ("base", "sft") and m in inp.items]
+    if sft is None or not models:
+        return [Heading("Against SFT, item by item", 3), not_run(inp.where("items", "sft.json") + " and an aligned model's")]
+    rows = []
+    for model in models:
+        row = [model]
+        for _, task, metric in PAIRED:
+            got = paired_difference(sft.get(task, {}).get(metric, {}), inp.items[model].get(task, {}).get(metric, {}))
+            row.append("" if got is None else f"{number(got[0], digits)} ± {number(got[1], digits)}")
+        rows.append(row)
+    return [Heading("Against SFT, item by item", 3),
+            Text("Each aligned model minus the SFT model on the same evaluation items (evaluation people): the "
+                 "mean paired difference ± its standard error. A difference within about two standard errors "
+                 "of zero is noise."),
+            Table(["model", *(label for label, _, _ in PAIRED)], rows)]
+
+
+BON_KEYS = ("gold_reward", "exact_match", "abstain_rate", "hallucination_rate", "reward_model")
+
+
+def bon_blocks(inp: Inputs, figures: Path, digits: int, dpi: int) -> list[Block]:
+    """Best-of-N's sweep per policy (metrics/bon/<model>.json, plots/bon/<model>.csv)."""
+    files = sorted((inp.metrics_dir / "bon").glob("*.json"))
+    blocks: list[Block] = [Heading("Best-of-N with the reward model", 3)]
+    if not files:
+        return [*blocks, Text("off in this run (bon.models is empty; profiles/methods.yaml turns it on)")]
+    blocks.append(Text("The policy samples N replies to each evaluation question and the reward model's favourite "
+                       "is the answer: the world's gold reward, exact match on known people and abstention and "
+                       "hallucination on never-seen people of that choice, and the reward model's own score of it "
+                       "(the proxy). A proxy that rises while the gold reward falls is over-optimisation at "
+                       "answer time."))
+    for path in files:
+        m = read_metrics(path)
+        ns = sorted(int(k.split(".")[0][1:]) for k in m if k.endswith(".gold_reward"))
+        blocks.append(Table(["N", *BON_KEYS], [[str(n), *(number(m.get(f"n{n}.{k}"), digits) for k in BON_KEYS)]
+                                               for n in ns]))
+        csv = f"bon/{path.stem}.csv"
+        blocks.append(figure(Curve(f"bon_{path.stem}", f"Best-of-N of {path.stem} against N",
+                                   tuple(Line(csv, k, k.replace("_", " "), x="n", points=False)
+                                         for k in ("gold_reward", "exact_match", "reward_model")),
+                                   "value", xlabel="N (replies sampled, the reward model picks one)"),
+                             inp, figures, dpi))
+    return blocks
+
+
 def alignment_section(inp: Inputs, figures: Path, digits: int, dpi: int) -> list[Block]:
-    blocks: list[Block] = [Heading("Reward model, PPO and DPO"), Heading("Reward model", 3)]
+    blocks: list[Block] = [Heading("Alignment"), *samples_blocks(inp, digits), Heading("Reward model", 3)]
     r = inp.stages.get("reward")
     if r is None:
         blocks.append(not_run(inp.where("reward.json")))
@@ -335,16 +436,23 @@ def alignment_section(inp: Inputs, figures: Path, digits: int, dpi: int) -> list
                    key_value_table(p, ["kl", "kl_coef", "no_eos_frac", "iterations", "rollouts"], digits)]
     blocks += [Text("Over-optimisation shows as a proxy reward that keeps rising with KL to the reference "
                     "while the gold reward, never trained on, stalls or falls."),
-               figure(OVEROPTIMISATION, inp, figures, dpi), Heading("DPO", 3)]
-    d = inp.stages.get("dpo")
-    if d is None:
-        blocks.append(not_run(inp.where("dpo.json")))
-    else:
-        blocks += [Text("Gold reward on held-out rl-split prompts before (SFT) and after DPO; validation "
-                        "preference accuracy and margin."),
-                   before_after(d, [("gold reward", "gold_reward_sft", "gold_reward")], digits, "DPO"),
-                   key_value_table(d, ["val_accuracy", "val_margin", "val_loss"], digits)]
-    return blocks
+               figure(OVEROPTIMISATION, inp, figures, dpi)]
+    for stage, label, keys in (("dpo", "DPO", ["val_accuracy", "val_margin", "val_loss"]),
+                               ("kto", "KTO", ["val_margin", "val_kl", "val_loss", "labels", "labels_good"]),
+                               ("grpo", "GRPO", ["train.reward_model", "train.gold_reward", "train.kl_per_token",
+                                                 "steps", "replies"])):
+        blocks.append(Heading(label, 3))
+        m = inp.stages.get(stage)
+        if m is None:
+            blocks.append(off(stage) if is_off(inp, stage) else not_run(inp.where(f"{stage}.json")))
+            continue
+        blocks += [Text(f"Gold reward of greedy answers to held-out rl people's questions before (SFT) and after "
+                        f"{label}; the stage's own training numbers."),
+                   before_after(m, [("gold reward", "gold_reward_sft", "gold_reward")], digits, label),
+                   key_value_table(m, keys, digits)]
+        if stage == "grpo":
+            blocks.append(figure(GRPO_CURVE, inp, figures, dpi))
+    return [*blocks, *bon_blocks(inp, figures, digits, dpi), *against_sft(inp, digits)]
 
 
 # ---------------------------------------------------------------- throughput

@@ -59,14 +59,14 @@ def test_dpo_stage_writes_a_policy_and_its_gold_reward(tmp_path, chat_model, tin
 def test_dpo_refuses_pairs_about_people_outside_the_rl_split(tmp_path, tiny_world_dir):
     import polars as pl
 
-    from stages.dpo import refuse_other_splits
+    from jielong.onpolicy import refuse_other_splits
 
     q = pl.read_parquet(tiny_world_dir / "world" / "questions.parquet")
     rl = q.filter(pl.col("split") == "rl")["person_id"].unique().sort().to_list()
     pl.DataFrame({"person_id": rl}).write_parquet(tmp_path / "train.parquet")
-    refuse_other_splits(q, [tmp_path / "train.parquet"])  # rl people only: accepted
+    refuse_other_splits("dpo", q, [tmp_path / "train.parquet"])  # rl people only: accepted
     for split in ("sft", "eval"):
         other = q.filter(pl.col("split") == split)["person_id"][0]
         pl.DataFrame({"person_id": [*rl, other]}).write_parquet(tmp_path / "val.parquet")
-        with pytest.raises(SystemExit, match=rf"val.parquet has pairs about people outside the rl split \(1, e.g. {other} \({split}\)\)"):
-            refuse_other_splits(q, [tmp_path / "train.parquet", tmp_path / "val.parquet"])
+        with pytest.raises(SystemExit, match=rf"val.parquet has data about people outside the rl split \(1, e.g. {other} \({split}\)\)"):
+            refuse_other_splits("dpo", q, [tmp_path / "train.parquet", tmp_path / "val.parquet"])

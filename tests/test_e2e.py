@@ -92,6 +92,36 @@ def test_repro_produces_every_declared_output(tiny_repo):
         assert out in run(["git", "check-ignore", out], tiny_repo)
 
 
+def test_repro_trains_and_reports_every_alignment_method(tiny_repo):
+    # the tiny profile turns on what the default run leaves out (profiles/methods.yaml): KTO and GRPO
+    for name in ("kto", "grpo"):
+        m = json.loads((tiny_repo / f"metrics/{name}.json").read_text())
+        assert -1.75 <= m["gold_reward"] <= 1 and -1.75 <= m["gold_reward_sft"] <= 1 and m["steps"] >= 1, name
+        assert {"config.json", "model.safetensors", "tokenizer.json"} <= {
+            p.name for p in (tiny_repo / f"data/models/{name}").iterdir()}
+        assert "world_facts_gen.exact_match" in json.loads((tiny_repo / f"metrics/eval/{name}.json").read_text())
+    # GRPO logs the reward it is not trained on too: proxy and gold against KL, as PPO's curve
+    header = (tiny_repo / "plots/grpo/train.csv").read_text().splitlines()[0].split(",")
+    assert {"reward_model", "gold_reward", "kl_per_token"} <= set(header)
+    # best-of-N swept over N on the evaluation questions: one row per N, the reward model's choice graded
+    bon = json.loads((tiny_repo / "metrics/bon/sft.json").read_text())
+    assert {f"n{n}.gold_reward" for n in (1, 2, 4)} <= set(bon) and 0 <= bon["n4.exact_match"] <= 1
+    # the gated systems of the default run, the gate fitted even where the tiny SFT model is never right
+    for name in ("sft", "ppo", "dpo"):
+        gated = json.loads((tiny_repo / f"metrics/eval/{name}-gated.json").read_text())
+        assert 0 <= gated["world_unknown.abstain_rate"] <= 1, name
+        assert (tiny_repo / f"data/models/{name}-gate/gate.json").exists()
+    # and best-of-N as an evaluated system: eval.systems' sft-bon, beside the models in the report
+    system = json.loads((tiny_repo / "metrics/eval/sft-bon.json").read_text())
+    assert 0 <= system["world_facts_gen.exact_match"] <= 1 and "gold_reward.mean" in system
+    report = (tiny_repo / "report/report.md").read_text()
+    assert "sft + best_of_n" in report  # the kind column: a model with a wrapper
+    assert "figures/bon_sft.png" in report and "figures/grpo_reward.png" in report and "### KTO" in report and "not run: no metrics/kto.json" not in report
+    against = report[report.index("### Against SFT, item by item"):]
+    for model in ("ppo", "dpo", "kto", "grpo"):
+        assert f"\n| {model} | " in against, model
+
+
 def test_second_repro_runs_nothing(tiny_repo):
     out = run(["dvc", "repro"], tiny_repo)
     assert "Running stage" not in out

@@ -90,10 +90,10 @@ def test_a_system_needs_a_name_of_its_own(tmp_path):
     from jielong.params import ParamsError, load_all
 
     p = write_params(tmp_path / "params.yaml", {"eval": {"systems": {
-        "sft": {"model": "sft", "wrapper": "gate", "artifact": "sft-gate"}}}})
+        "sft": {"model": "sft", "wrapper": "gate", "artifact": "sft-gate", "options": {}}}}})
     with pytest.raises(ParamsError, match=r"eval.systems.sft: also a name in eval.models"):
         load_all(p)
     p = write_params(tmp_path / "params.yaml", {"eval": {"systems": {
-        "g": {"model": "../sft", "wrapper": "gate", "artifact": "sft-gate"}}}})
+        "g": {"model": "../sft", "wrapper": "gate", "artifact": "sft-gate", "options": {}}}}})
     with pytest.raises(ParamsError, match=r"eval.systems.g.model = '../sft'"):
         load_all(p)
