@@ -151,6 +151,7 @@ class PretrainParams(Section):
     log_every: PosInt
     checkpoint_every: PosInt
     device: Literal["auto", "cpu", "cuda"]
+    parallel: Literal["ddp", "fsdp"]  # under torchrun: replicate the model (DDP) or shard it (FSDP, fully_shard)
     bf16: bool  # autocast on GPU; CPU trains in fp32
     attention: Literal["sdpa", "eager", "flash_attention_2"]
     compile: bool  # torch.compile (GPU only)
