@@ -399,6 +399,14 @@ class CorpusParams(Section):
 
 
 # ---------------------------------------------------------------- eval
+class VllmParams(Section):
+    """lm-eval's vLLM model type (eval.backend: vllm); its other arguments keep vLLM's defaults."""
+
+    tensor_parallel_size: PosInt  # GPUs one model is split over
+    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)]  # share of each GPU's memory vLLM may take
+    max_model_len: NonNegInt  # 0: the model's own context length
+
+
 class ConsistencyParams(Section):
     """The self-consistency probe: k sampled answers per question."""
 
@@ -426,9 +434,18 @@ class EvalParams(Section):
     batch_size: PosInt
     device: str  # "cpu", "cuda", "cuda:0", ...
     dtype: Literal["float32", "bfloat16", "float16", "auto"]
+    backend: Literal["hf", "vllm"]  # lm-eval's model type: transformers, or vLLM (CUDA only)
+    vllm: VllmParams
     limit: NonNegInt  # 0: every item; n > 0: the first n per task (smoke runs only)
     bootstrap_iters: NonNegInt  # bootstrap draws for stderrs that have no closed form
     seed: int
+
+    @model_validator(mode="after")
+    def _backend(self) -> EvalParams:
+        if self.backend == "vllm" and not self.device.startswith("cuda"):
+            raise ValueError(f"backend = 'vllm' runs on CUDA only; device = {self.device!r} (set device: cuda, "
+                             "or backend: hf)")
+        return self
 
 
 # ---------------------------------------------------------------- gate

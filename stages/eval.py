@@ -321,12 +321,15 @@ def write_samples(out: Path, results: dict) -> None:
 
 # ---------------------------------------------------------------- model
 def load_lm(model_dir: Path, p):
-    """lm-eval's HF model over `model_dir`, with each task's own generation length in charge.
+    """lm-eval's model over `model_dir`: HF (transformers) with each task's own generation length in
+    charge, or vLLM (eval.backend).
 
     A model's generation_config.json may carry `max_new_tokens` (a chat model's default for users);
     transformers lets that override the `max_length` lm-eval derives from a task's `max_gen_toks`,
     so every short answer would run the full default length. It is cleared here, not in the model.
     """
+    if p.backend == "vllm":
+        return vllm_lm(model_dir, p)
     import torch
     from lm_eval.models.huggingface import HFLM
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -335,6 +338,22 @@ def load_lm(model_dir: Path, p):
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(p.device).eval()
     model.generation_config.max_new_tokens = None
     return HFLM(pretrained=model, tokenizer=AutoTokenizer.from_pretrained(model_dir), batch_size=p.batch_size)
+
+
+def vllm_lm(model_dir: Path, p):
+    """lm-eval's vLLM model type over `model_dir` (eval.backend: vllm, eval.vllm); needs CUDA and the vllm
+    package, neither of which the CPU set-up installs. Checked for configuration errors only: never run here."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        raise SystemExit("eval.backend = 'vllm' needs the vllm package on a CUDA machine (pip install vllm, or "
+                         "pip install 'lm_eval[vllm]'); set eval.backend: hf to evaluate with transformers")
+    from lm_eval.models.vllm_causallms import VLLM
+
+    v = p.vllm
+    return VLLM(pretrained=str(model_dir), dtype=p.dtype, batch_size=p.batch_size, seed=p.seed,
+                tensor_parallel_size=v.tensor_parallel_size, gpu_memory_utilization=v.gpu_memory_utilization,
+                **({"max_model_len": v.max_model_len} if v.max_model_len else {}))
 
 
 def request_cache(work: Path, model_dir: Path, p) -> str:
@@ -384,6 +403,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--samples", type=Path, help="per-sample outputs (default data/eval/<name>)")
     ap.add_argument("--work", type=Path, help="request cache that survives a killed run "
                     "(default data/eval_work/<name>; emptied after success)")
+    ap.add_argument("--benchmarks-only", action="store_true", help="run params eval.benchmarks alone, not the world "
+                    "tasks (a model fine-tuned on your own data, finetune/dvc.yaml, with no world beside it)")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = ap.parse_args(argv)
     params = load_all(args.params)
@@ -402,7 +423,10 @@ def main(argv: list[str] | None = None) -> None:
 
     import lm_eval
 
-    world = list(dict.fromkeys([*p.tasks, *p.extra_tasks.get(name, [])]))
+    world = [] if args.benchmarks_only else list(dict.fromkeys([*p.tasks, *p.extra_tasks.get(name, [])]))
+    if not world and not p.benchmarks:
+        raise SystemExit("eval: nothing to evaluate: --benchmarks-only and params eval.benchmarks is empty (list "
+                         "lm-eval tasks there, each with a local data file or null: docs/your-data.md)")
     chat = name in p.chat_models or sft_tokenizer(args.model)
     if chat and name not in p.chat_models:
         log.info("%s is not in eval.chat_models, but its tokenizer ends a turn with %s and has a chat template: "
