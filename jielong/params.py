@@ -223,6 +223,18 @@ class SftParams(Section):
     generation: GenerationParams
 
 
+# ---------------------------------------------------------------- finetune
+class FinetuneParams(Section):
+    """An existing checkpoint fine-tuned on your data (finetune/dvc.yaml; formats in jielong/userdata.py)."""
+
+    base: str  # a local HF causal-LM dir with a chat template: the sft stage's base model
+    sft: list[str]  # `messages` conversations: paths, globs or fsspec URLs (.jsonl, .jsonl.gz, .parquet)
+    prefs: list[str]  # prompt / chosen / rejected pairs for the reward model and DPO; []: none
+    prompts: list[str]  # prompts PPO rolls out on; []: none
+    val_fraction: Fraction  # records (by id hash) held out: SFT val loss, pairwise accuracy
+    seed: int
+
+
 # ---------------------------------------------------------------- decontam
 class DecontamParams(Section):
     """n-gram overlap between evaluation items and the training corpus (jielong/decontam.py)."""
@@ -666,6 +678,7 @@ class Params(Section):
     tokens: TokensParams
     pretrain: PretrainParams
     sft: SftParams
+    finetune: FinetuneParams
     dpo: DpoParams
     gate: GateParams
     pref_data: PrefDataParams
@@ -684,6 +697,12 @@ class Params(Section):
             check_data_path(f"corpus.inputs[{i}]", value, roots)
         if self.corpus.language.model is not None:
             check_data_path("corpus.language.model", self.corpus.language.model, roots)
+        if URL.match(self.finetune.base):
+            raise ValueError(f"finetune.base = {self.finetune.base!r}: a local model directory is expected, not a URL")
+        check_data_path("finetune.base", self.finetune.base, roots)
+        for kind in ("sft", "prefs", "prompts"):
+            for i, value in enumerate(getattr(self.finetune, kind)):
+                check_data_path(f"finetune.{kind}[{i}]", value, roots)
         for task, data_file in self.eval.benchmarks.items():
             if data_file is not None:
                 check_data_path(f"eval.benchmarks.{task}", data_file, roots)
