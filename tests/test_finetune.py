@@ -285,3 +285,18 @@ def test_bad_records_fail_naming_file_row_and_field(bases, tmp_path):
     params = finetune_params(tmp_path, base, {"sft": [str(data / "nope*.jsonl")], "prefs": [], "prompts": []})
     with pytest.raises(SystemExit, match=r"finetune.sft\[0\] = '.*nope\*.jsonl': no such file \(the glob matches none\)"):
         main(["--base", str(base), "--out", str(tmp_path / "out"), "--params", str(params)])
+
+
+def test_the_finetune_pipeline_is_off_until_its_profile_is_applied(tmp_path):
+    """DVC collects every dvc.yaml for `dvc status` and `dvc metrics show`: the main graph's would list the
+    never-run finetune stages (and the e2e test's clean status would fail), so .dvcignore hides them."""
+    import shutil
+
+    from jielong.profile import PIPELINES, apply
+
+    assert PIPELINES["finetune"] in (REPO / ".dvcignore").read_text().splitlines()
+    for name in ("params.yaml", ".dvcignore"):
+        shutil.copy(REPO / name, tmp_path / name)
+    apply("finetune", tmp_path / "params.yaml")
+    ignore = (tmp_path / ".dvcignore").read_text()
+    assert "/finetune/" not in ignore.splitlines() and ignore.startswith((REPO / ".dvcignore").read_text()[:40])
