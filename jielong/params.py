@@ -151,6 +151,7 @@ class PretrainParams(Section):
     log_every: PosInt
     checkpoint_every: PosInt
     device: Literal["auto", "cpu", "cuda"]
+    parallel: Literal["ddp", "fsdp"]  # under torchrun: replicate the model (DDP) or shard it (FSDP, fully_shard)
     bf16: bool  # autocast on GPU; CPU trains in fp32
     attention: Literal["sdpa", "eager", "flash_attention_2"]
     compile: bool  # torch.compile (GPU only)
@@ -220,6 +221,18 @@ class SftParams(Section):
     eval_every: PosInt
     threads: NonNegInt  # torch threads; 0: torch's default
     generation: GenerationParams
+
+
+# ---------------------------------------------------------------- finetune
+class FinetuneParams(Section):
+    """An existing checkpoint fine-tuned on your data (finetune/dvc.yaml; formats in jielong/userdata.py)."""
+
+    base: str  # a local HF causal-LM dir with a chat template: the sft stage's base model
+    sft: list[str]  # `messages` conversations: paths, globs or fsspec URLs (.jsonl, .jsonl.gz, .parquet)
+    prefs: list[str]  # prompt / chosen / rejected pairs for the reward model and DPO; []: none
+    prompts: list[str]  # prompts PPO rolls out on; []: none
+    val_fraction: Fraction  # records (by id hash) held out: SFT val loss, pairwise accuracy
+    seed: int
 
 
 # ---------------------------------------------------------------- decontam
@@ -398,6 +411,14 @@ class CorpusParams(Section):
 
 
 # ---------------------------------------------------------------- eval
+class VllmParams(Section):
+    """lm-eval's vLLM model type (eval.backend: vllm); its other arguments keep vLLM's defaults."""
+
+    tensor_parallel_size: PosInt  # GPUs one model is split over
+    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)]  # share of each GPU's memory vLLM may take
+    max_model_len: NonNegInt  # 0: the model's own context length
+
+
 class ConsistencyParams(Section):
     """The self-consistency probe: k sampled answers per question."""
 
@@ -435,9 +456,18 @@ class EvalParams(Section):
     batch_size: PosInt
     device: str  # "cpu", "cuda", "cuda:0", ...
     dtype: Literal["float32", "bfloat16", "float16", "auto"]
+    backend: Literal["hf", "vllm"]  # lm-eval's model type: transformers, or vLLM (CUDA only)
+    vllm: VllmParams
     limit: NonNegInt  # 0: every item; n > 0: the first n per task (smoke runs only)
     bootstrap_iters: NonNegInt  # bootstrap draws for stderrs that have no closed form
     seed: int
+
+    @model_validator(mode="after")
+    def _backend(self) -> EvalParams:
+        if self.backend == "vllm" and not self.device.startswith("cuda"):
+            raise ValueError(f"backend = 'vllm' runs on CUDA only; device = {self.device!r} (set device: cuda, "
+                             "or backend: hf)")
+        return self
 
 
 # ---------------------------------------------------------------- selective answering
@@ -768,6 +798,7 @@ class Params(Section):
     tokens: TokensParams
     pretrain: PretrainParams
     sft: SftParams
+    finetune: FinetuneParams
     dpo: DpoParams
     kto: KtoParams
     grpo: GrpoParams
@@ -790,6 +821,12 @@ class Params(Section):
             check_data_path(f"corpus.inputs[{i}]", value, roots)
         if self.corpus.language.model is not None:
             check_data_path("corpus.language.model", self.corpus.language.model, roots)
+        if URL.match(self.finetune.base):
+            raise ValueError(f"finetune.base = {self.finetune.base!r}: a local model directory is expected, not a URL")
+        check_data_path("finetune.base", self.finetune.base, roots)
+        for kind in ("sft", "prefs", "prompts"):
+            for i, value in enumerate(getattr(self.finetune, kind)):
+                check_data_path(f"finetune.{kind}[{i}]", value, roots)
         for task, data_file in self.eval.benchmarks.items():
             if data_file is not None:
                 check_data_path(f"eval.benchmarks.{task}", data_file, roots)

@@ -3,12 +3,17 @@
     python -m jielong.profile tiny     # tests and CI
     python -m jielong.profile large    # a 200-person world on the same 2 CPU cores
     python -m jielong.profile gpu      # one H100 or H200
+    python -m jielong.profile finetune # your checkpoint and data: switches finetune/dvc.yaml on
 
 A profile holds only the values that differ from the default profile, so the result is validated
 like any params.yaml before it is written. The written file keeps the values, not params.yaml's
 comments; `git checkout params.yaml` returns to the default. A params.yaml that already holds a
 profile is refused, since a second profile over it would keep the first one's values wherever the
 second is silent (`--stack` does that on purpose, and the header says so).
+
+A profile may bring a pipeline of its own (PIPELINES): the repository's .dvcignore keeps its folder
+out of DVC's sight, so the main graph's `dvc status` and `dvc metrics show` never list its stages,
+until applying the profile removes that line (`git checkout params.yaml .dvcignore` undoes both).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from jielong.params import ParamsError, validate
 
 PROFILES = Path(__file__).resolve().parent.parent / "profiles"
 HEADER = "# profile: "
+PIPELINES = {"finetune": "/finetune/"}  # profile -> its pipeline's folder, as .dvcignore names it
 
 
 def merge(base: dict, override: dict) -> dict:
@@ -65,7 +71,22 @@ def apply(name: str, params_path: Path = Path("params.yaml"), profiles: Path = P
     with atomic_file(params_path) as tmp:
         tmp.write_text(f"{HEADER}{names} (from {source.name} over {over})\n"
                        + yaml.safe_dump(merged, sort_keys=False))
+    enable_pipeline(name, params_path.resolve().parent)
     return merged
+
+
+def enable_pipeline(name: str, root: Path) -> str | None:
+    """Remove profile `name`'s pipeline folder from `root`/.dvcignore; the folder, or None if nothing changed."""
+    folder, ignore = PIPELINES.get(name), root / ".dvcignore"
+    if folder is None or not ignore.is_file():
+        return None
+    lines = ignore.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if line.strip() != folder]
+    if len(kept) == len(lines):
+        return None
+    with atomic_file(ignore) as tmp:
+        tmp.write_text("".join(kept))
+    return folder
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -81,6 +102,9 @@ def main(argv: list[str] | None = None) -> None:
     except ParamsError as err:
         sys.exit(f"error: {err}")
     print(f"{args.params} now holds the {args.name} profile")
+    if args.name in PIPELINES:
+        folder = PIPELINES[args.name].strip("/")
+        print(f"{folder}/dvc.yaml is on (.dvcignore no longer hides it): dvc repro {folder}/dvc.yaml")
 
 
 if __name__ == "__main__":

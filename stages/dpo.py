@@ -15,6 +15,7 @@ Before and after training, the SFT and the DPO model answer the held-out pairs' 
 the reward model never trains on, never evaluation people) greedily, and each answer gets the world's
 gold reward (jielong/grading.gold_reward), so metrics/dpo.json shows what preference tuning did to
 the truth, not only to the preference loss. The eval stage then scores it on the evaluation people.
+Without --world (your own pairs, finetune/dvc.yaml) there is no gold reward and only one round.
 Trainer checkpoints are pickles, never written here: a killed run starts over (minutes).
 """
 
@@ -29,9 +30,9 @@ from pathlib import Path
 import polars as pl
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from jielong import onpolicy, preferences
+from jielong import onpolicy, preferences, templates
 from jielong.chat import PAD
 from jielong.io import atomic_dir, write_csv
 from jielong.log import get_logger
@@ -78,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
     ap.add_argument("--sft", type=Path, default=Path("data/models/sft"))
     ap.add_argument("--data", type=Path, default=Path("data/samples"))
-    ap.add_argument("--world", type=Path, default=Path("data/world"))
+    ap.add_argument("--world", type=Path, help="the world whose truth scores held-out answers (the gold reward) and "
+                    "whose rl people the pairs must be about; without it (your own pairs) neither")
     ap.add_argument("--out", type=Path, default=Path("data/models/dpo"))
     ap.add_argument("--metrics", type=Path, default=Path("metrics/dpo.json"))
     ap.add_argument("--plots", type=Path, default=Path("plots/dpo"))
@@ -93,16 +95,22 @@ def main(argv: list[str] | None = None) -> None:
 
     from trl import DPOConfig, DPOTrainer
 
-    tok = PreTrainedTokenizerFast.from_pretrained(args.sft)
+    tok = AutoTokenizer.from_pretrained(args.sft)
+    tok.pad_token = templates.pad_token(tok, PAD)
     train_table, val_table = pl.read_parquet(args.data / "train.parquet"), pl.read_parquet(args.data / "val.parquet")
-    onpolicy.refuse_other_splits("dpo", pl.read_parquet(args.world / "questions.parquet"),
-                                 [args.data / "train.parquet", args.data / "val.parquet"])
-    prompts, docs = onpolicy.heldout(val_table, args.world)  # the gold reward's prompts
-
+    if args.world is None and p.rounds > 1:
+        raise SystemExit(f"dpo.rounds = {p.rounds} judges the policy's replies against the world: pass --world, "
+                         "or set dpo.rounds: 1 for your own pairs")
     model = AutoModelForCausalLM.from_pretrained(args.sft, dtype=torch.float32)
-    gold_before = onpolicy.gold_of(model, tok, prompts, docs, p.gold_max_new_tokens)
-    log.info("DPO of %s on %d pairs (%d val), beta %.3g, %d round(s); SFT gold reward on %d held-out prompts %.3f",
-             args.sft, train_table.height, val_table.height, p.beta, p.rounds, len(prompts), gold_before)
+    gold = None  # the gold reward's prompts and question-bank rows (no world: your own pairs, no gold reward)
+    if args.world is not None:
+        onpolicy.refuse_other_splits("dpo", pl.read_parquet(args.world / "questions.parquet"),
+                                     [args.data / "train.parquet", args.data / "val.parquet"])
+        gold = onpolicy.heldout(val_table, args.world)
+    gold_before = onpolicy.gold_of(model, tok, *gold, p.gold_max_new_tokens) if gold else None
+    log.info("DPO of %s on %d pairs (%d val), beta %.3g, %d round(s); SFT gold reward on held-out prompts %s",
+             args.sft, train_table.height, val_table.height, p.beta, p.rounds,
+             "(no world)" if gold is None else f"{gold_before:.3f}")
 
     logs = LogTo(log, train={"margin": "rewards/margins", "accuracy": "rewards/accuracies"},
                  val={"val_accuracy": "eval_rewards/accuracies"})
@@ -115,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
         model.train()
         with tempfile.TemporaryDirectory(prefix="jielong-dpo-") as scratch:
             config = DPOConfig(**training_args(p, scratch, cuda), beta=p.beta, max_length=p.max_length,
-                               pad_token=PAD)
+                               pad_token=tok.pad_token)
             trainer = DPOTrainer(model=model, args=config, train_dataset=pairs(train_table),
                                  eval_dataset=pairs(val_table), processing_class=tok, callbacks=[logs])
             start = time.perf_counter()
@@ -126,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
         steps += trainer.state.global_step
         trained_pairs += int(train_table.height * p.epochs)
         if p.rounds > 1:
-            rounds[f"round{k}.gold_reward"] = onpolicy.gold_of(model, tok, prompts, docs, p.gold_max_new_tokens)
+            rounds[f"round{k}.gold_reward"] = onpolicy.gold_of(model, tok, *gold, p.gold_max_new_tokens)
             rounds[f"round{k}.pairs"] = train_table.height
             log.info("dpo round %d: %d pairs, held-out gold reward %.3f", k, train_table.height,
                      rounds[f"round{k}.gold_reward"])
@@ -135,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, value in (("train loss", result.training_loss), ("val loss", final["eval_loss"])):
         if not math.isfinite(value):
             raise FloatingPointError(f"dpo: {name} is {value}; nothing saved (try a lower dpo.lr than {p.lr})")
-    gold_after = onpolicy.gold_of(tuned, tok, prompts, docs, p.gold_max_new_tokens)
+    gold_after = onpolicy.gold_of(tuned, tok, *gold, p.gold_max_new_tokens) if gold else None
     with atomic_dir(args.out) as tmp:
         tuned.save_pretrained(tmp, safe_serialization=True)
         save_tokenizer(tok, tmp)
@@ -145,13 +153,13 @@ def main(argv: list[str] | None = None) -> None:
     metrics = {"train_loss": float(result.training_loss), "val_loss": float(final["eval_loss"]),
                "val_accuracy": float(final.get("eval_rewards/accuracies", float("nan"))),
                "val_margin": float(final.get("eval_rewards/margins", float("nan"))),
-               "gold_reward": gold_after, "gold_reward_sft": gold_before, "pairs_per_s": round(trained_pairs / train_s, 2),
-               "train_s": round(train_s, 1), "steps": steps, **rounds}
+               **({"gold_reward": gold_after, "gold_reward_sft": gold_before} if gold else {}),
+               "pairs_per_s": round(trained_pairs / train_s, 2), "train_s": round(train_s, 1), "steps": steps, **rounds}
     args.plots.mkdir(parents=True, exist_ok=True)
     write_csv(args.plots / "train.csv", logs.train)
     write_csv(args.plots / "val.csv", logs.val)
     write_metrics(args.metrics, metrics)
-    log.info("dpo done in %.0fs: val accuracy %.3f, gold reward %.3f (SFT %.3f)", train_s, metrics["val_accuracy"],
+    log.info("dpo done in %.0fs: val accuracy %.3f, gold reward %s (SFT %s)", train_s, metrics["val_accuracy"],
              gold_after, gold_before)
 
 

@@ -326,13 +326,16 @@ def write_samples(out: Path, results: dict) -> None:
 
 # ---------------------------------------------------------------- model
 def load_lm(model_dir: Path, p, wrapper=None):
-    """lm-eval's HF model over `model_dir`, with each task's own generation length in charge; with a
-    `wrapper` (jielong.systems), the system: the same model whose generated replies the wrapper decides.
+    """lm-eval's model over `model_dir`: HF (transformers) with each task's own generation length in
+    charge, or vLLM (eval.backend); with a `wrapper` (jielong.systems), the system: the same HF model
+    whose generated replies the wrapper decides.
 
     A model's generation_config.json may carry `max_new_tokens` (a chat model's default for users);
     transformers lets that override the `max_length` lm-eval derives from a task's `max_gen_toks`,
     so every short answer would run the full default length. It is cleared here, not in the model.
     """
+    if p.backend == "vllm":
+        return vllm_lm(model_dir, p)
     import torch
     from lm_eval.models.huggingface import HFLM
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -345,6 +348,22 @@ def load_lm(model_dir: Path, p, wrapper=None):
         return system_lm(pretrained=model, tokenizer=AutoTokenizer.from_pretrained(model_dir), batch_size=p.batch_size,
                          wrapper=wrapper)
     return HFLM(pretrained=model, tokenizer=AutoTokenizer.from_pretrained(model_dir), batch_size=p.batch_size)
+
+
+def vllm_lm(model_dir: Path, p):
+    """lm-eval's vLLM model type over `model_dir` (eval.backend: vllm, eval.vllm); needs CUDA and the vllm
+    package, neither of which the CPU set-up installs. Checked for configuration errors only: never run here."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        raise SystemExit("eval.backend = 'vllm' needs the vllm package on a CUDA machine (pip install vllm, or "
+                         "pip install 'lm_eval[vllm]'); set eval.backend: hf to evaluate with transformers")
+    from lm_eval.models.vllm_causallms import VLLM
+
+    v = p.vllm
+    return VLLM(pretrained=str(model_dir), dtype=p.dtype, batch_size=p.batch_size, seed=p.seed,
+                tensor_parallel_size=v.tensor_parallel_size, gpu_memory_utilization=v.gpu_memory_utilization,
+                **({"max_model_len": v.max_model_len} if v.max_model_len else {}))
 
 
 def request_cache(work: Path, model_dir: Path, p, artifact: Path | None = None) -> str:
@@ -398,6 +417,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--wrapper", help="evaluate a system: the model with this wrapper deciding its generated "
                     "replies (a name in jielong.systems.WRAPPERS, e.g. gate); needs --artifact and --name")
     ap.add_argument("--artifact", type=Path, help="with --wrapper: the directory the wrapper loads (e.g. data/models/sft-gate)")
+    ap.add_argument("--benchmarks-only", action="store_true", help="run params eval.benchmarks alone, not the world "
+                    "tasks (a model fine-tuned on your own data, finetune/dvc.yaml, with no world beside it)")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = ap.parse_args(argv)
     if (args.wrapper is None) != (args.artifact is None) or (args.wrapper and not args.name):
@@ -420,11 +441,17 @@ def main(argv: list[str] | None = None) -> None:
 
     wrapper, system = None, p.systems.get(name)  # a system params names: its model and its wrapper's options
     if args.wrapper:
+        if p.backend != "hf":
+            raise SystemExit(f"eval: a system (--wrapper {args.wrapper}) runs on lm-eval's HF model; params "
+                             f"eval.backend is {p.backend!r}")
         # imported by name: a model's own eval (eval@<model>) never runs a wrapper, so jielong/systems.py and
         # the wrappers' modules are deps of eval_system@<name> only (dvc.yaml), and changing them re-runs no model's eval
         systems = importlib.import_module("jielong.systems")
         wrapper = systems.load_wrapper(args.wrapper, args.artifact, args.model, system.options if system else None)
-    world = list(dict.fromkeys([*p.tasks, *p.extra_tasks.get(name, [])]))
+    world = [] if args.benchmarks_only else list(dict.fromkeys([*p.tasks, *p.extra_tasks.get(name, [])]))
+    if not world and not p.benchmarks:
+        raise SystemExit("eval: nothing to evaluate: --benchmarks-only and params eval.benchmarks is empty (list "
+                         "lm-eval tasks there, each with a local data file or null: docs/your-data.md)")
     listed = (system.model if system else name) in p.chat_models
     chat = listed or sft_tokenizer(args.model)
     if chat and not listed:

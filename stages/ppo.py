@@ -39,10 +39,11 @@ import torch
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
+    AutoTokenizer,
     GenerationConfig,
-    PreTrainedTokenizerFast,
 )
 
+from jielong import templates
 from jielong.chat import PAD, reply_text
 from jielong.grading import gold_reward
 from jielong.io import atomic_dir, write_csv
@@ -89,8 +90,20 @@ def load_questions(world: Path, n_heldout: int, seed: int) -> tuple[list[dict], 
     return [rows[i] for i in order[n_heldout:]], [rows[i] for i in order[:n_heldout]]
 
 
+def load_prompts(path: Path, n_heldout: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train rows, held-out rows) of your own prompt set (finetune_data's prompts.parquet), `prompt` turns
+    each, a seeded `n_heldout` of them never trained on."""
+    rows = pl.read_parquet(path).to_dicts()
+    if len(rows) <= n_heldout:
+        raise SystemExit(f"ppo: {len(rows)} prompts in {path}, not enough to hold out ppo.heldout_prompts={n_heldout} "
+                         "and train on the rest")
+    order = np.random.default_rng(seed).permutation(len(rows))
+    return [rows[i] for i in order[n_heldout:]], [rows[i] for i in order[:n_heldout]]
+
+
 def prompt_messages(row: dict) -> list[dict]:
-    return [{"role": "user", "content": row["question"]}]
+    """A world question as one user turn, or a prompt set's own turns."""
+    return row["prompt"] if "prompt" in row else [{"role": "user", "content": row["question"]}]
 
 
 def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -196,7 +209,9 @@ def rollout(actor, reference, critic, reward_model, tok, rows: list[dict], p) ->
     batch["texts"] = [reply_text(t) for t in tok.batch_decode(reply_ids, skip_special_tokens=True)]
     batch["rm_scores"] = reward_scores(reward_model, tok, [prompt_messages(r) for r in rows], for_rm).to(device)
     batch["ended"] = ended
-    batch["gold"] = torch.tensor([gold_reward(t, r) for t, r in zip(batch["texts"], rows, strict=True)])
+    # the world's truth, where the prompts are world questions (a prompt set of your own has none)
+    batch["gold"] = torch.tensor([gold_reward(t, r) if "question" in r else math.nan
+                                  for t, r in zip(batch["texts"], rows, strict=True)])
     # what PPO maximises (ppo.reward): the reward model, the world's truth as a verifiable reward (the
     # judge of the samples stage, jielong/judge.world scores exactly the gold reward), or their sum
     trained = {"model": batch["rm_scores"], "judge": batch["gold"].to(device),
@@ -248,7 +263,10 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
     ap.add_argument("--sft", type=Path, default=Path("data/models/sft"))
     ap.add_argument("--reward", type=Path, default=Path("data/models/reward"))
-    ap.add_argument("--world", type=Path, default=Path("data/world"))
+    source = ap.add_mutually_exclusive_group()
+    source.add_argument("--world", type=Path, default=Path("data/world"), help="roll out on its rl people's questions")
+    source.add_argument("--prompts", type=Path, help="roll out on your own prompts (finetune_data's prompts.parquet); "
+                        "no gold reward, so ppo.reward must be `model`")
     ap.add_argument("--out", type=Path, default=Path("data/models/ppo"))
     ap.add_argument("--metrics", type=Path, default=Path("metrics/ppo.json"))
     ap.add_argument("--plots", type=Path, default=Path("plots/ppo"))
@@ -260,15 +278,19 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(p.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-    tok = PreTrainedTokenizerFast.from_pretrained(args.sft)
+    tok = AutoTokenizer.from_pretrained(args.sft)
     if not tok.chat_template:
         raise SystemExit(f"ppo: the tokenizer in {args.sft} has no chat template (an SFT model dir expected)")
-    tok.pad_token = PAD
+    tok.pad_token = templates.pad_token(tok, PAD)
     # the critic reads the actor's token ids through the reward model's embeddings: one vocabulary
-    if PreTrainedTokenizerFast.from_pretrained(args.reward).get_vocab() != tok.get_vocab():
+    if AutoTokenizer.from_pretrained(args.reward).get_vocab() != tok.get_vocab():
         raise SystemExit(f"ppo: the tokenizers of {args.sft} and {args.reward} differ; the reward model must be "
                          "trained from this SFT model")
-    train_rows, heldout_rows = load_questions(args.world, p.heldout_prompts, p.seed)
+    if args.prompts is not None and p.reward != "model":
+        raise SystemExit(f"ppo.reward = {p.reward!r} needs the world's truth; your own prompts (--prompts) have none: "
+                         "set ppo.reward: model")
+    train_rows, heldout_rows = (load_prompts(args.prompts, p.heldout_prompts, p.seed) if args.prompts is not None
+                                else load_questions(args.world, p.heldout_prompts, p.seed))
     actor, reference, critic, reward_model = load_models(args.sft, args.reward, device)
     # the actor samples from exactly this distribution; its log-probs are computed on the same one
     actor.generation_config = GenerationConfig(
@@ -303,6 +325,8 @@ def main(argv: list[str] | None = None) -> None:
                       "kl": stats["kl"], "kl_coef": kl_ctl.coef, "entropy": batch["entropy"], **losses,
                       "response_len": stats["response_len"], "no_eos_frac": stats["no_eos_frac"]})
         curve[-1] = {k: v if k == "step" else round(float(v), 6) for k, v in curve[-1].items()}
+        if args.prompts is not None:
+            del curve[-1]["gold_reward"]  # no truth to score against
         if not all(math.isfinite(v) for v in curve[-1].values()):
             raise FloatingPointError(f"ppo: a non-finite value at iteration {step}: {curve[-1]}; nothing saved "
                                      f"(try a lower ppo.lr than {p.lr})")
@@ -311,7 +335,7 @@ def main(argv: list[str] | None = None) -> None:
         log.info("iter %3d/%d  reward %+.3f  gold %+.3f  kl %.3f (coef %.3f)  entropy %.2f  len %.1f  "
                  "clip %.2f  | %s -> %r", step, p.iterations, stats["reward"], stats["gold_reward"], stats["kl"],
                  curve[-1]["kl_coef"], batch["entropy"], stats["response_len"], losses["clip_frac"],
-                 rows[0]["question"], batch["texts"][0])
+                 prompt_messages(rows[0])[-1]["content"], batch["texts"][0])
     train_s = time.perf_counter() - start
 
     after = summary(rollout(actor, reference, None, reward_model, tok, heldout_rows, p))
@@ -327,9 +351,10 @@ def main(argv: list[str] | None = None) -> None:
         shutil.copy(args.sft / "generation_config.json", tmp / "generation_config.json")  # the SFT defaults
         validate_model(tmp, args.out)
 
-    metrics = {"reward_mean": after["reward"], "gold_reward": after["gold_reward"], "kl": after["kl"],
-               "response_len": after["response_len"], "no_eos_frac": after["no_eos_frac"],
-               "sft": {"reward_mean": before["reward"], "gold_reward": before["gold_reward"],
+    gold = args.prompts is None
+    metrics = {"reward_mean": after["reward"], **({"gold_reward": after["gold_reward"]} if gold else {}),
+               "kl": after["kl"], "response_len": after["response_len"], "no_eos_frac": after["no_eos_frac"],
+               "sft": {"reward_mean": before["reward"], **({"gold_reward": before["gold_reward"]} if gold else {}),
                        "response_len": before["response_len"]},
                "kl_coef": kl_ctl.coef, "iterations": p.iterations, "rollouts": p.iterations * p.rollouts,
                "rollouts_per_s": round(p.iterations * p.rollouts / train_s, 3),

@@ -1,7 +1,12 @@
 """Pretrain a decoder-only transformer (transformers' Llama) from scratch on the token shards.
 
     python -m stages.pretrain --tokens data/tokens --tokenizer data/tokenizer --out data/models/base
-    torchrun --nproc_per_node 2 -m stages.pretrain ...        # DDP: gloo on CPU, nccl on GPU
+    torchrun --nproc_per_node 2 -m stages.pretrain ...        # DDP or FSDP: gloo on CPU, nccl on GPU
+
+Under torchrun, pretrain.parallel picks DDP (every process holds the whole model and optimizer) or
+FSDP (torch's fully_shard: each decoder layer's weights, gradients and optimizer state are sharded
+over the processes, which all-gather a layer for its forward and backward). Both see the same global
+batch as one process, split between them; FSDP checkpoints are sharded (jielong/checkpoint.py).
 
 AdamW with warmup and cosine decay, weight decay, gradient clipping and accumulation. Checkpoints
 (safetensors) every `checkpoint_every` steps into a work directory keyed by a hash of the params
@@ -77,6 +82,29 @@ def work_dir(root: Path, params, tokens: Path) -> Path:
             shutil.rmtree(stale, ignore_errors=True)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def shard(model, device: torch.device, world: int):
+    """FSDP: each decoder layer one unit (its weights gathered for its own forward and backward only), the
+    embeddings, final norm and (tied) head the root's; optimizer state follows the sharded parameters."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (world,))
+    for layer in model.model.layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def full_model(model, config, attention: str, main_proc: bool):
+    """The FSDP model's whole weights in a plain model on the main process (None elsewhere). Collective."""
+    full = {k: v.full_tensor() for k, v in model.state_dict().items()}
+    if not main_proc:
+        return None
+    plain = build_model(config, attn=attention)
+    plain.load_state_dict(full)
+    return plain
 
 
 # ---------------------------------------------------------------- data
@@ -155,6 +183,9 @@ def main(argv: list[str] | None = None) -> None:
     config = llama_config(p.model, meta["vocab_size"], tok.convert_tokens_to_ids(EOT), tok.convert_tokens_to_ids(EOT),
                           tok.convert_tokens_to_ids(PAD))
     model = build_model(config, attn=p.attention).to(device)
+    fsdp = world > 1 and p.parallel == "fsdp"
+    if fsdp:
+        model = shard(model, device, world)
     opt = make_optimizer(model, p)
     seqs_per_step = p.batch_size * p.grad_accum * world
     work = work_dir(args.work, p, args.tokens) if main_proc else None
@@ -166,9 +197,9 @@ def main(argv: list[str] | None = None) -> None:
     state = {"step": 0, "tokens": 0, "history": [], "val_history": [], "train_seconds": 0.0}
     resume = checkpoint.latest(work)
     if resume:
-        state = checkpoint.load(resume, model, opt)
+        state = checkpoint.load_sharded(resume, model, opt, rank, world) if fsdp else checkpoint.load(resume, model, opt)
         log.info("resuming from %s (step %d)", resume, state["step"])
-    train_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    train_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 and not fsdp else model
     if p.compile and device.type == "cuda":
         train_model = torch.compile(train_model)
     # validation windows depend on the global batch, not the process count, so DDP and one process agree
@@ -176,8 +207,8 @@ def main(argv: list[str] | None = None) -> None:
     fpt = flops_per_token(config, ctx)
     peak, peak_source = peak_flops(device) if main_proc else (0.0, "")
     log.info("model %.2fM params (%.2fM non-embedding), %.1f MFLOP/token; %d seqs x %d tokens per step, %d steps; "
-             "%d processes on %s", n_params(model) / 1e6, n_params(model, True) / 1e6, fpt / 1e6, seqs_per_step, ctx,
-             p.max_steps, world, device)
+             "%d processes on %s%s", n_params(model) / 1e6, n_params(model, True) / 1e6, fpt / 1e6, seqs_per_step, ctx,
+             p.max_steps, world, device, " (FSDP)" if fsdp else " (DDP)" if world > 1 else "")
 
     # ------------------------------------------------------------ loop
     model.train()
@@ -192,7 +223,9 @@ def main(argv: list[str] | None = None) -> None:
         loss_sum = torch.zeros((), device=device)
         for i, mb in enumerate(micro):
             sync = i == len(micro) - 1
-            ctx_mgr = train_model.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
+            if fsdp:  # FSDP reduce-scatters gradients after the last micro-batch only
+                model.set_requires_gradient_sync(sync)
+            ctx_mgr = train_model.no_sync() if (world > 1 and not fsdp and not sync) else contextlib.nullcontext()
             with ctx_mgr:
                 loss = loss_of(train_model, mb, device, bf16) / p.grad_accum
                 loss.backward()
@@ -205,6 +238,8 @@ def main(argv: list[str] | None = None) -> None:
             raise FloatingPointError(f"pretrain: loss is {loss_value} at step {step}; stopping without a checkpoint "
                                      f"(try a lower pretrain.lr than {p.lr} or pretrain.grad_clip)")
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip if p.grad_clip > 0 else float("inf"))
+        if fsdp:
+            grad_norm = grad_norm.full_tensor()  # the norm over every shard, the same on every process
         opt.step()
         opt.zero_grad(set_to_none=True)
         state["step"] = step + 1
@@ -220,17 +255,24 @@ def main(argv: list[str] | None = None) -> None:
                                      "grad_norm": round(float(grad_norm), 5), "tokens_per_s": round(tps, 1)})
             log.info("step %5d  loss %.4f  lr %.2e  grad-norm %.3f  %.0f tok/s", step + 1, loss_value, lr_at(step, p),
                      float(grad_norm), tps)
-        if main_proc and ((step + 1) % p.eval_every == 0 or step + 1 == p.max_steps):
+        # under FSDP every process takes part in a forward pass (each holds a shard of every layer)
+        if (main_proc or fsdp) and ((step + 1) % p.eval_every == 0 or step + 1 == p.max_steps):
             val = evaluate(model, vals, device, bf16)
-            state["val_history"].append({"step": step + 1, "val_loss": round(val, 5), "val_ppl": round(math.exp(val), 4)})
-            log.info("step %5d  val loss %.4f  ppl %.2f", step + 1, val, math.exp(val))
-        if (step + 1) % p.checkpoint_every == 0 and step + 1 < p.max_steps:
             if main_proc:
+                state["val_history"].append({"step": step + 1, "val_loss": round(val, 5),
+                                             "val_ppl": round(math.exp(val), 4)})
+                log.info("step %5d  val loss %.4f  ppl %.2f", step + 1, val, math.exp(val))
+        if (step + 1) % p.checkpoint_every == 0 and step + 1 < p.max_steps:
+            if fsdp:
+                checkpoint.save_sharded(work, step + 1, model, opt, state, rank, world)
+            elif main_proc:
                 checkpoint.save(work, step + 1, model, opt, state)
             if world > 1:
                 dist.barrier()
 
     # ------------------------------------------------------------ outputs
+    if fsdp:
+        model = full_model(model, config, p.attention, main_proc)
     if main_proc:
         finish(args, p, model, tok, state, fpt, peak, peak_source, world)
     if world > 1:

@@ -34,9 +34,9 @@ import numpy as np
 import polars as pl
 import torch
 from datasets import Dataset
-from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerFast
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from jielong import reward_model
+from jielong import reward_model, templates
 from jielong.chat import PAD
 from jielong.io import atomic_dir, write_csv
 from jielong.log import get_logger
@@ -67,12 +67,13 @@ def pairwise(model, tok, table: pl.DataFrame, batch_size: int) -> dict:
                         for side in ("chosen", "rejected"))
     right = chosen > rejected  # a tie is not a preference
     kinds = np.array(table["kind"].to_list())
-    people = table.group_by("kind").agg(pl.col("person_id").n_unique())
+    # the world's pairs name their person; your own pairs (the finetune pipeline) need not
+    people = {} if "person_id" not in table.columns else {
+        "people": table["person_id"].n_unique(),
+        **{f"people.{k}": n for k, n in sorted(table.group_by("kind").agg(pl.col("person_id").n_unique()).iter_rows())}}
     both = np.concatenate([chosen, rejected])
     return {"pairwise_acc": float(right.mean()),
-            **{f"pairwise_acc.{k}": float(right[kinds == k].mean()) for k in sorted(set(kinds))},
-            "people": table["person_id"].n_unique(),
-            **{f"people.{k}": n for k, n in sorted(people.iter_rows())},
+            **{f"pairwise_acc.{k}": float(right[kinds == k].mean()) for k in sorted(set(kinds))}, **people,
             "reward.chosen_mean": float(chosen.mean()), "reward.rejected_mean": float(rejected.mean()),
             "reward.std": float(both.std()), "margin_mean": float((chosen - rejected).mean())}
 
@@ -108,10 +109,10 @@ def main(argv: list[str] | None = None) -> None:
 
     from trl import RewardConfig, RewardTrainer
 
-    tok = PreTrainedTokenizerFast.from_pretrained(args.sft)
+    tok = AutoTokenizer.from_pretrained(args.sft)
     if not tok.chat_template:
         raise SystemExit(f"reward: the tokenizer in {args.sft} has no chat template (an SFT model dir expected)")
-    tok.pad_token = PAD
+    tok.pad_token = templates.pad_token(tok, PAD)
     train_table, val_table = pl.read_parquet(args.data / "train.parquet"), pl.read_parquet(args.data / "val.parquet")
     torch.manual_seed(p.seed)  # the scalar head is initialised at load
     model = load_reward_model(args.sft, tok.pad_token_id)

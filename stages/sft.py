@@ -4,7 +4,10 @@
 
 One sample per conversation, loss on the assistant tokens of every turn and on nothing else: TRL's
 `assistant_only_loss` takes the mask from the chat template's `{% generation %}` markers (each reply
-and its <|end|>), so the model learns to answer and to stop, never to imitate the user. With
+and its <|end|>), so the model learns to answer and to stop, never to imitate the user. Any other
+causal LM with a chat template works as the base too (the finetune pipeline, finetune/dvc.yaml): a
+template without markers (ChatML and most released ones) gets the same mask computed from the
+template (jielong/templates.py), and the model's own end-of-turn token becomes its EOS. With
 sft.method = lora only peft adapters and the embeddings of the chat tokens and of the reply tokens
 pretraining never saw train (lora_config); they are merged into a plain
 HF model dir at the end, so everything downstream loads either kind the same way. The output's tokenizer carries the chat
@@ -27,9 +30,10 @@ import numpy as np
 import polars as pl
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from jielong.chat import CHAT_TOKENS, END, EOT, PAD, warm_start_chat_tokens
+from jielong import templates
+from jielong.chat import CHAT_TOKENS, PAD, warm_start_chat_tokens
 from jielong.io import atomic_dir, write_csv
 from jielong.log import get_logger
 from jielong.metrics import write_metrics
@@ -41,10 +45,25 @@ from jielong.trainer import LogTo, training_args
 log = get_logger("sft")
 
 
-def conversations(path: Path) -> Dataset:
-    """A parquet of conversations -> a datasets.Dataset with the `messages` column TRL expects."""
-    table = pl.read_parquet(path, columns=["messages"])
-    return Dataset.from_list([{"messages": m} for m in table["messages"].to_list()])
+def conversations(path: Path, tok) -> Dataset:
+    """A parquet of conversations -> a datasets.Dataset: the `messages` column TRL renders itself when the
+    chat template marks the assistant's turns, else `input_ids` with the `assistant_masks` computed from
+    the template (jielong/templates.py), which TRL turns into the labels."""
+    messages = pl.read_parquet(path, columns=["messages"])["messages"].to_list()
+    if templates.has_generation_markers(tok):
+        return Dataset.from_list([{"messages": m} for m in messages])
+    return Dataset.from_list([templates.encode_with_mask(tok, m) for m in messages])
+
+
+def chat_tokens(tok) -> list[str]:
+    """The tokens only chat data has: jielong's four, or the special tokens another model's template writes
+    around a conversation (`<|im_start|>`, `<|im_end|>` ...): a base model may never have trained them."""
+    vocab = tok.get_vocab()
+    if all(t in vocab for t in CHAT_TOKENS):
+        return list(CHAT_TOKENS)
+    text = templates.render(tok, [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
+                                  {"role": "assistant", "content": "a"}])
+    return [t for t in dict.fromkeys(tok.all_special_tokens + list(tok.get_added_vocab())) if t in text]
 
 
 def unseen_reply_tokens(data: Dataset, tok, counts: np.ndarray) -> list[int]:
@@ -74,21 +93,25 @@ def lora_config(p, tok, unseen: list[int] = ()):
       "The reply tokens pretraining never saw")."""
     from peft import LoraConfig
 
-    chat = [tok.convert_tokens_to_ids(t) for t in CHAT_TOKENS] if p.lora.train_chat_tokens else []
+    chat = [tok.convert_tokens_to_ids(t) for t in chat_tokens(tok)] if p.lora.train_chat_tokens else []
     tokens = chat + list(unseen)
     return LoraConfig(r=p.lora.r, lora_alpha=p.lora.alpha, lora_dropout=p.lora.dropout,
-                      target_modules=list(p.lora.target_modules), bias="none", task_type="CAUSAL_LM",
-                      trainable_token_indices={"embed_tokens": tokens} if tokens else None)
+                      # [all-linear]: peft's every linear layer but the head, whatever the architecture names them
+                      target_modules="all-linear" if list(p.lora.target_modules) == ["all-linear"]
+                      else list(p.lora.target_modules), bias="none", task_type="CAUSAL_LM",
+                      # a list: peft finds the input embedding itself (GPT-2 calls it wte, Llama embed_tokens)
+                      trainable_token_indices=(tokens if chat_tokens(tok) != CHAT_TOKENS else {"embed_tokens": tokens})
+                      if tokens else None)
 
 
-def generation_config(p, tok, model) -> GenerationConfig:
+def generation_config(p, tok, model, end: str, text_end: str | None) -> GenerationConfig:
     g = p.generation
     # transformers refuses to save temperature/top-k/top-p in a greedy config, so they go only with sampling
     sampling = {"temperature": g.temperature, "top_k": g.top_k, "top_p": g.top_p} if g.do_sample else {}
     return GenerationConfig(
-        bos_token_id=model.config.bos_token_id, pad_token_id=tok.convert_tokens_to_ids(PAD),
-        # a reply ends at <|end|>; <|endoftext|> too, should the model ever emit it
-        eos_token_id=[tok.convert_tokens_to_ids(END), tok.convert_tokens_to_ids(EOT)],
+        bos_token_id=model.config.bos_token_id, pad_token_id=tok.pad_token_id,
+        # a reply ends at the turn's end (<|end|>); at the end of text (<|endoftext|>) too, should the model emit it
+        eos_token_id=list(dict.fromkeys(tok.convert_tokens_to_ids(t) for t in (end, text_end) if t)),
         do_sample=g.do_sample, **sampling, repetition_penalty=g.repetition_penalty,
         max_new_tokens=g.max_new_tokens, stop_strings=list(g.stop_strings) or None,
     )
@@ -98,8 +121,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0])
     ap.add_argument("--base", type=Path, default=Path("data/models/base"))
     ap.add_argument("--data", type=Path, default=Path("data/sft"))
-    ap.add_argument("--tokens", type=Path, default=Path("data/tokens"),
-                    help="the base model's pretraining tokens (sft.lora.train_unseen_tokens)")
+    ap.add_argument("--tokens", type=Path, help="the base model's pretraining tokens (sft.lora.train_unseen_tokens; "
+                    "a base model pretrained elsewhere has none: set that param false)")
     ap.add_argument("--out", type=Path, default=Path("data/models/sft"))
     ap.add_argument("--metrics", type=Path, default=Path("metrics/sft.json"))
     ap.add_argument("--plots", type=Path, default=Path("plots/sft"))
@@ -114,27 +137,42 @@ def main(argv: list[str] | None = None) -> None:
 
     from trl import SFTConfig, SFTTrainer
 
-    tok = PreTrainedTokenizerFast.from_pretrained(args.base)
+    tok = AutoTokenizer.from_pretrained(args.base)
     if not tok.chat_template:
-        raise SystemExit(f"sft: the tokenizer in {args.base} has no chat template (tokenizer stage output expected)")
-    tok.pad_token = PAD
-    train, val = conversations(args.data / "train.parquet"), conversations(args.data / "val.parquet")
+        raise SystemExit(f"sft: the tokenizer in {args.base} has no chat template; give the base model one "
+                         "(tokenizer_config.json's chat_template, or chat_template.jinja)")
+    try:
+        end = templates.turn_end(tok)
+    except ValueError as err:
+        raise SystemExit(f"sft: {args.base}: {err}") from None
+    text_end = tok.eos_token  # the base model's end of text, kept as a second stop
+    tok.pad_token = templates.pad_token(tok, PAD)
+    ours = all(t in tok.get_vocab() for t in CHAT_TOKENS)  # a tokenizer the tokenizer stage wrote
+    train, val = conversations(args.data / "train.parquet", tok), conversations(args.data / "val.parquet", tok)
     model = AutoModelForCausalLM.from_pretrained(args.base, dtype=torch.float32)
+    if p.warm_start and not ours:
+        raise SystemExit(f"sft.warm_start: {args.base}'s tokenizer lacks jielong's chat tokens {CHAT_TOKENS}; "
+                         "set it false for a base model pretrained elsewhere (profiles/finetune.yaml does)")
     if p.warm_start:
         log.info("chat tokens start from plain-text separators: %s", warm_start_chat_tokens(model, tok))
-    log.info("%s fine-tuning of %s on %d conversations (%d val), %.1f epochs", p.method, args.base, len(train),
-             len(val), p.epochs)
+    log.info("%s fine-tuning of %s (%s) on %d conversations (%d val), %.1f epochs; assistant mask from %s",
+             p.method, args.base, model.config.model_type, len(train), len(val), p.epochs,
+             "the template's generation markers" if "messages" in train.column_names else "rendered template prefixes")
     unseen = []
     if p.method == "lora" and p.lora.train_unseen_tokens:
+        if args.tokens is None:
+            raise SystemExit("sft.lora.train_unseen_tokens needs --tokens, the base model's pretraining tokens; "
+                             "set it false for a base model pretrained elsewhere (profiles/finetune.yaml does)")
         unseen = unseen_reply_tokens(train, tok, token_counts(args.tokens))
         log.info("LoRA trains the embeddings of %d reply tokens %s never contains too: %s", len(unseen), args.tokens,
                  [tok.decode([i]) for i in unseen])
 
     with tempfile.TemporaryDirectory(prefix="jielong-sft-") as scratch:
         config = SFTConfig(
-            **training_args(p.model_copy(update={"lr": lr}), scratch, cuda), assistant_only_loss=True,
-            max_length=p.max_length, packing=False,
-            eval_on_start=True, include_num_input_tokens_seen="non_padding", pad_token=PAD,
+            **training_args(p.model_copy(update={"lr": lr}), scratch, cuda),
+            # TRL masks from generation markers itself; a pre-tokenised set carries its `assistant_masks`
+            assistant_only_loss="messages" in train.column_names, max_length=p.max_length, packing=False,
+            eval_on_start=True, include_num_input_tokens_seen="non_padding", pad_token=tok.pad_token,
         )
         logs = LogTo(log, train={"lr": "learning_rate", "grad_norm": "grad_norm"})
         trainer = SFTTrainer(model=model, args=config, train_dataset=train, eval_dataset=val, processing_class=tok,
@@ -156,13 +194,13 @@ def main(argv: list[str] | None = None) -> None:
     for name, value in (("train loss", result.training_loss), ("val loss", val_loss)):
         if not math.isfinite(value):
             raise FloatingPointError(f"sft: {name} is {value}; nothing saved (try a lower {lr_param} than {lr})")
-    tok.eos_token = END  # a chat model's turn ends at <|end|>: lm-eval, vLLM and pipelines stop there
+    tok.eos_token = end  # a chat model's turn ends at <|end|>: lm-eval, vLLM and pipelines stop there
     with atomic_dir(args.out) as tmp:
-        tuned.config.eos_token_id = tok.convert_tokens_to_ids(END)
-        tuned.config.pad_token_id = tok.convert_tokens_to_ids(PAD)
+        tuned.config.eos_token_id = tok.convert_tokens_to_ids(end)
+        tuned.config.pad_token_id = tok.pad_token_id
         tuned.save_pretrained(tmp, safe_serialization=True)
         save_tokenizer(tok, tmp)
-        generation_config(p, tok, tuned).save_pretrained(tmp)
+        generation_config(p, tok, tuned, end, text_end).save_pretrained(tmp)
         validate_model(tmp, args.out)
 
     last = logs.train[-max(1, min(5, len(logs.train))):]

@@ -355,3 +355,27 @@ def test_a_tokenizer_sft_wrote_makes_a_chat_model_under_any_name(tmp_path, tiny_
     _eval(tmp_path, mine, tiny_decontam_dir / "evals", name="mine", tasks=["world_facts_gen"], extra_tasks={})
     prompts = (tmp_path / "mine" / "samples" / "world_facts_gen.jsonl").read_text()
     assert "<|user|>" in prompts and "<|assistant|>" in prompts
+
+
+def test_the_vllm_backend_is_checked_for_configuration_errors(tmp_path, monkeypatch):
+    """eval.backend: vllm (lm-eval's vLLM model type) needs CUDA and the vllm package; neither is here, so
+    only its configuration errors are tested, never a run."""
+    import importlib.util
+
+    from jielong.params import ParamsError, load
+    from stages.eval import load_lm
+
+    with pytest.raises(ParamsError, match=r"eval: backend = 'vllm' runs on CUDA only; device = 'cpu'"):
+        load("eval", write_params(tmp_path / "params.yaml", {"eval": {"backend": "vllm"}}))
+    p = load("eval", write_params(tmp_path / "params.yaml", {"eval": {"backend": "vllm", "device": "cuda"}}))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    with pytest.raises(SystemExit, match="needs the vllm package on a CUDA machine"):
+        load_lm(tmp_path, p)
+
+
+def test_benchmarks_only_without_a_benchmark_is_refused(tmp_path, tiny_base):
+    params = write_params(tmp_path / "params.yaml")
+    with pytest.raises(SystemExit, match="nothing to evaluate: --benchmarks-only and params eval.benchmarks is empty"):
+        eval_main(["--model", str(tiny_base), "--benchmarks-only", "--out", str(tmp_path / "m.json"),
+                   "--params", str(params)])

@@ -226,10 +226,11 @@ PLUMBING = {"jielong/params.py", "jielong/io.py", "jielong/checks.py", "jielong/
 IMPORTED_BY_NAME = {"eval_system": ["jielong/systems.py"]}
 
 
-def test_every_stage_depends_on_the_code_it_imports():
+@pytest.mark.parametrize("pipeline", ["dvc.yaml", "finetune/dvc.yaml"])
+def test_every_stage_depends_on_the_code_it_imports(pipeline):
     # stdlib's modulefinder, searching the repository alone: it follows every import of the stage's
     # script (inside functions too) into our own modules and stops at third-party ones
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    stages = yaml.safe_load((REPO / pipeline).read_text())["stages"]
     missing = {}
     for name, stage in stages.items():
         stage = stage.get("do", stage)  # foreach stages (eval)
@@ -244,7 +245,7 @@ def test_every_stage_depends_on_the_code_it_imports():
         missing[name] = sorted(f for f in code - PLUMBING if not f.endswith("__init__.py")
                                and not any(f == d or f.startswith(d + "/") for d in deps))
     missing = {name: files for name, files in missing.items() if files}
-    assert not missing, f"dvc.yaml: stages import code their deps do not list: {missing}"
+    assert not missing, f"{pipeline}: stages import code their deps do not list: {missing}"
 
 
 def test_a_second_profile_is_refused_unless_stacked(tmp_path, capsys):

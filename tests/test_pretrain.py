@@ -126,6 +126,37 @@ def test_ddp_two_processes_match_one_process(trained, tmp_path, tiny_tokens_dir,
     assert all(torch.allclose(a[k], b[k], atol=1e-3) for k in a)
 
 
+def test_fsdp_two_processes_match_one_process_and_resume_from_sharded_checkpoints(trained, tmp_path, tiny_tokens_dir,
+                                                                                 tiny_tokenizer_dir):
+    """pretrain.parallel: fsdp under torchrun (gloo on CPU): the single run's losses, and a re-run with the
+    final model gone resumes from the last sharded checkpoint and writes the same model bitwise."""
+    root = tmp_path / "fsdp"
+    params = params_file(root, batch_size=4, parallel="fsdp")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29519",
+           "-m", "stages.pretrain", *args(root, tiny_tokens_dir, tiny_tokenizer_dir / "tok", params)]
+    assert "(FSDP)" in finish(launch(cmd))
+    m = json.loads((root / "pretrain.json").read_text())
+    single = json.loads((trained / "pretrain.json").read_text())
+    assert m["processes"] == 2 and m["tokens"] == single["tokens"] and m["params"] == single["params"]
+    assert m["val_loss"] == pytest.approx(single["val_loss"], rel=1e-3)
+    assert m["train_loss"] == pytest.approx(single["train_loss"], rel=1e-3)
+    a, b = load_file(trained / "model" / "model.safetensors"), load_file(root / "model" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-3) for k in a)
+    work = next((root / "work").iterdir())
+    assert sorted(f.name for f in checkpoint.latest(work).glob("model.*")) == [
+        "model.rank0-of-2.safetensors", "model.rank1-of-2.safetensors"]
+
+    first = b
+    for out in ("model", "pretrain.json"):
+        (root / out).rename(root / f"{out}.first")
+    assert "resuming from" in finish(launch(cmd))
+    resumed = load_file(root / "model" / "model.safetensors")
+    assert all(torch.equal(first[k], resumed[k]) for k in first)
+    with pytest.raises(ValueError, match="sharded over 2 processes.*--nproc_per_node 2"):
+        model = torch.nn.Linear(2, 2)
+        checkpoint.load(checkpoint.latest(work), model, torch.optim.AdamW(model.parameters()))
+
+
 def test_nan_loss_stops_naming_the_step_and_saves_nothing_after(tmp_path, tiny_tokens_dir, tiny_tokenizer_dir):
     from stages.pretrain import main
 

@@ -277,7 +277,7 @@ def test_sft_stage_writes_a_chat_model(tmp_path, tiny_base, tiny_world_dir, tiny
     assert not torch.equal(base[q], tuned[q])
     emb = "model.embed_tokens.weight"
     chat = [tok.convert_tokens_to_ids(t) for t in WARM_START]
-    unseen = unseen_reply_tokens(read_conversations(tmp_path / "sft_data" / "train.parquet"), tok, token_counts(tokens))
+    unseen = unseen_reply_tokens(read_conversations(tmp_path / "sft_data" / "train.parquet", tok), tok, token_counts(tokens))
     assert do in unseen and m["unseen_reply_tokens"] == len(unseen) * m["lora"]  # "I do not know." trains " do"
     ordinary = [i for i in range(base[emb].shape[0]) if i not in chat + unseen]
     # LoRA leaves the embeddings of ordinary tokens alone and trains those of reply tokens pretraining never saw
