@@ -170,8 +170,9 @@ def agreement(reply: str, samples: list[str]) -> float:
 
 
 def signals(model, tok, contexts: list[str], questions: list[str | None], replies: list[str],
-            samples: list[list[str]], batch_size: int) -> list[dict[str, float]]:
-    """SIGNALS of each reply (a continuation of its context, opening space kept) to its question."""
+            samples: list[list[str] | None], batch_size: int) -> list[dict[str, float]]:
+    """SIGNALS of each reply (a continuation of its context, opening space kept) to its question; a reply
+    without samples (None) has no agreement (NaN)."""
     scored = token_scores(model, tok, [c + r for c, r in zip(contexts, replies, strict=True)], batch_size)
     rows = []
     for context, question, reply, sample, (offsets, lp, ent) in zip(contexts, questions, replies, samples, scored,
@@ -192,7 +193,7 @@ def signals(model, tok, contexts: list[str], questions: list[str | None], replie
             # an empty reply (the end-of-turn token at once) has no token to read: 0, as sure as can be
             "reply_logprob_mean": float(lp[in_reply].mean()) if in_reply.any() else 0.0,
             "reply_entropy_mean": float(ent[in_reply].mean()) if in_reply.any() else 0.0,
-            "agreement": agreement(reply, sample),
+            "agreement": agreement(reply, sample) if sample is not None else float("nan"),
         })
     return rows
 
@@ -313,8 +314,11 @@ class Gate:
         said, records = list(replies), [{"abstains": True, "p_right": None} for _ in replies]
         if todo:
             ctx = [contexts[i] for i in todo]
-            rows = signals(model, tok, ctx, [questions[i] for i in todo], [replies[i] for i in todo],
-                           sampled_replies(model, tok, ctx, self.decoding), self.decoding.batch_size)
+            # the k samples feed the agreement signal alone: a calibrator without it is not worth k generations
+            samples = (sampled_replies(model, tok, ctx, self.decoding) if "agreement" in self.calibrator.features
+                       else [None] * len(ctx))
+            rows = signals(model, tok, ctx, [questions[i] for i in todo], [replies[i] for i in todo], samples,
+                           self.decoding.batch_size)
             for i, row, p in zip(todo, rows, self.calibrator.predict(rows), strict=True):
                 records[i] = {**row, "abstains": False, "p_right": float(p)}
                 if p < self.threshold:

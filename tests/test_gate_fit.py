@@ -142,6 +142,23 @@ def test_the_gate_refuses_a_pickle_and_a_model_it_was_not_fitted_on(tmp_path, ch
         selective.load_gate(gate_dir, chat_model)
 
 
+def test_a_gate_samples_only_when_its_calibrator_reads_agreement(chat_model, monkeypatch):  # noqa: F811
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok, model = AutoTokenizer.from_pretrained(chat_model), AutoModelForCausalLM.from_pretrained(chat_model)
+    decoding = selective.Decoding(2, 1.0, 1.0, 0, 4, ("\n",), 0, 4)
+    ctx, q = ["<|user|> Where was Ada Quill born?<|end|>\n<|assistant|> A:"], ["Where was Ada Quill born?"]
+    sampled = []
+    real = selective.sampled_replies
+    monkeypatch.setattr(selective, "sampled_replies", lambda *a: sampled.append(1) or real(*a))
+    likelihood = selective.Calibrator(("question_logprob_mean",), (0.0,), (1.0,), (1.0,), 50.0)
+    said, records = selective.Gate("m", "", decoding, likelihood, 0.5, "I do not know.").decide(model, tok, ctx, q, [" Lyon."])
+    assert said == [" Lyon."] and not sampled and math.isnan(records[0]["agreement"])
+    with_agreement = selective.Calibrator(("agreement",), (0.5,), (0.2,), (1.0,), 0.0)
+    selective.Gate("m", "", decoding, with_agreement, 0.5, "I do not know.").decide(model, tok, ctx, q, [" Lyon."])
+    assert sampled == [1]
+
+
 # ---------------------------------------------------------------- end to end on the tiny profile
 def test_the_gated_eval_on_the_tiny_profile(tmp_path, chat_model, tiny_world_dir, tiny_decontam_dir,  # noqa: F811
                                             monkeypatch, capsys):
