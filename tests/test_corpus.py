@@ -265,7 +265,7 @@ def test_ray_without_an_address_starts_its_own_cluster(monkeypatch):
 def corpus_params(world_root: Path, out: Path, **corpus) -> Path:
     params = yaml.safe_load((world_root / "params.yaml").read_text())
     params["corpus"] = {**params["corpus"], "inputs": [str(world_root / "world" / "crawl" / "*.warc.gz")], **corpus}
-    params["data_roots"] = [str(world_root)]
+    params["data_roots"] = [str(world_root), "data"]  # "data": where the other sections' defaults point
     path = out / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     return path
@@ -364,7 +364,7 @@ def test_ray_gives_the_same_output_as_local(local_run, tiny_world_dir, tmp_path)
 def test_an_empty_or_all_filtered_corpus_fails_the_stage_naming_why(tmp_path, records, named):
     crawl = tmp_path / "crawl.jsonl"
     crawl.write_text("".join(json.dumps(r) + "\n" for r in records))
-    params = write_params(tmp_path / "params.yaml", {"data_roots": [str(tmp_path)],
+    params = write_params(tmp_path / "params.yaml", {"data_roots": [str(tmp_path), "data"],
                                                       "corpus": {"inputs": [str(crawl)], "tasks": 1, "workers": 1}})
     proc = run_stage(tmp_path, params, tmp_path / "work", wait=False)
     log = proc.communicate(timeout=600)[0].decode(errors="replace")

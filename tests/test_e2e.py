@@ -283,7 +283,11 @@ def test_changing_one_param_reruns_exactly_its_dependents(tiny_repo):
     assert "changed" not in run(["dvc", "status"], tiny_repo).lower()
     # a queued/--temp experiment runs in a fresh copy without the resumable work folders: the stages
     # upstream are checked out from the cache, not redone (they would be, were the folders DVC outputs)
-    # (a dpi no earlier run used: the run cache cannot answer for the report either)
+    # (a dpi no earlier run used: the run cache cannot answer for the report either). The run is committed
+    # first, as a user's would be: the copy carries changes to tracked files, not untracked metrics files
+    # (cache: false) that stages off in the default profile wrote, which would then look missing.
+    run(["git", "add", "-A"], tiny_repo)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "tiny repro"], tiny_repo)
     out = run(["dvc", "exp", "run", "--temp", "-S", "report.figure_dpi=72"], tiny_repo)
     assert _ran(out) == {"report"}, out
 
