@@ -87,6 +87,12 @@ def tiny_world_dir(tmp_path_factory, tiny) -> Path:
     return root
 
 
+def pytest_collection_modifyitems(items):
+    """The end-to-end tests first: the longest file, so its worker starts on it while the other takes
+    the rest (pytest-xdist hands out files in collection order)."""
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is None)
+
+
 __all__ = ["REPO", "default_params", "params_section", "random", "tiny_params", "write_params"]
 
 
