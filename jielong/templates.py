@@ -19,6 +19,17 @@ from __future__ import annotations
 PROBE = "jielong-reply-probe"  # a reply no template rewrites, to find what surrounds one
 
 
+def chat_tokenizer(path, stage: str, expected: str = "an SFT model dir expected"):
+    """The tokenizer in `path`, refused (naming the stage, the path and what was expected there) when it
+    has no chat template: every stage that renders conversations needs one."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    if not tok.chat_template:
+        raise SystemExit(f"{stage}: the tokenizer in {path} has no chat template ({expected})")
+    return tok
+
+
 def has_generation_markers(tok) -> bool:
     template = tok.chat_template if isinstance(tok.chat_template, str) else ""
     return "{% generation %}" in template or "{%- generation %}" in template

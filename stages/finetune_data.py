@@ -22,7 +22,6 @@ import json
 from pathlib import Path
 
 import polars as pl
-from transformers import AutoTokenizer
 
 from jielong import reward_model, templates, userdata
 from jielong.checks import expect, gx
@@ -78,9 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     params = load_all(args.params)
     p = params.finetune
-    tok = AutoTokenizer.from_pretrained(args.base)
-    if not tok.chat_template:
-        raise SystemExit(f"finetune_data: the tokenizer in {args.base} has no chat template")
+    tok = templates.chat_tokenizer(args.base, "finetune_data", "a chat model's dir expected")
 
     summary = {}
     with atomic_dir(args.out) as tmp:

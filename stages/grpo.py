@@ -39,7 +39,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from jielong import onpolicy, preferences, reward_model
+from jielong import onpolicy, preferences, reward_model, templates
 from jielong.chat import PAD, reply_text
 from jielong.grading import gold_reward
 from jielong.io import atomic_dir, write_csv
@@ -120,9 +120,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from trl import GRPOConfig, GRPOTrainer
 
-    tok = PreTrainedTokenizerFast.from_pretrained(args.sft)
-    if not tok.chat_template:
-        raise SystemExit(f"grpo: the tokenizer in {args.sft} has no chat template (an SFT model dir expected)")
+    tok = templates.chat_tokenizer(args.sft, "grpo")
     tok.pad_token = PAD
     if PreTrainedTokenizerFast.from_pretrained(args.reward).get_vocab() != tok.get_vocab():
         raise SystemExit(f"grpo: the tokenizers of {args.sft} and {args.reward} differ; the reward model must be "

@@ -278,9 +278,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(p.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-    tok = AutoTokenizer.from_pretrained(args.sft)
-    if not tok.chat_template:
-        raise SystemExit(f"ppo: the tokenizer in {args.sft} has no chat template (an SFT model dir expected)")
+    tok = templates.chat_tokenizer(args.sft, "ppo")
     tok.pad_token = templates.pad_token(tok, PAD)
     # the critic reads the actor's token ids through the reward model's embeddings: one vocabulary
     if AutoTokenizer.from_pretrained(args.reward).get_vocab() != tok.get_vocab():

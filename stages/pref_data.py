@@ -20,9 +20,8 @@ import json
 from pathlib import Path
 
 import polars as pl
-from transformers import PreTrainedTokenizerFast
 
-from jielong import grading, preferences, reward_model
+from jielong import grading, preferences, reward_model, templates
 from jielong.checks import expect, gx
 from jielong.io import atomic_dir, write_parquet
 from jielong.log import get_logger
@@ -79,9 +78,7 @@ def main(argv: list[str] | None = None) -> None:
 
     questions = pl.read_parquet(args.world / "questions.parquet")
     table = preferences.build(questions, p, style)
-    tok = PreTrainedTokenizerFast.from_pretrained(args.tokenizer)
-    if not tok.chat_template:
-        raise SystemExit(f"pref_data: the tokenizer in {args.tokenizer} has no chat template")
+    tok = templates.chat_tokenizer(args.tokenizer, "pref_data", "the tokenizer stage's dir expected")
 
     summary = {}
     with atomic_dir(args.out) as tmp:

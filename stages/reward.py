@@ -34,7 +34,7 @@ import numpy as np
 import polars as pl
 import torch
 from datasets import Dataset
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForSequenceClassification
 
 from jielong import reward_model, templates
 from jielong.chat import PAD
@@ -109,9 +109,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from trl import RewardConfig, RewardTrainer
 
-    tok = AutoTokenizer.from_pretrained(args.sft)
-    if not tok.chat_template:
-        raise SystemExit(f"reward: the tokenizer in {args.sft} has no chat template (an SFT model dir expected)")
+    tok = templates.chat_tokenizer(args.sft, "reward")
     tok.pad_token = templates.pad_token(tok, PAD)
     train_table, val_table = pl.read_parquet(args.data / "train.parquet"), pl.read_parquet(args.data / "val.parquet")
     torch.manual_seed(p.seed)  # the scalar head is initialised at load

@@ -30,7 +30,7 @@ import numpy as np
 import polars as pl
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from transformers import AutoModelForCausalLM, GenerationConfig
 
 from jielong import templates
 from jielong.chat import CHAT_TOKENS, PAD, warm_start_chat_tokens
@@ -137,10 +137,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from trl import SFTConfig, SFTTrainer
 
-    tok = AutoTokenizer.from_pretrained(args.base)
-    if not tok.chat_template:
-        raise SystemExit(f"sft: the tokenizer in {args.base} has no chat template; give the base model one "
-                         "(tokenizer_config.json's chat_template, or chat_template.jinja)")
+    tok = templates.chat_tokenizer(args.base, "sft", "give the base model one: tokenizer_config.json's "
+                                   "chat_template, or chat_template.jinja")
     try:
         end = templates.turn_end(tok)
     except ValueError as err:

@@ -132,6 +132,21 @@ def test_a_template_that_rewrites_earlier_turns_is_refused():
         templates.encode_with_mask(tok, CONVERSATION)
 
 
+
+def test_a_tokenizer_without_a_chat_template_is_refused_naming_the_stage_and_dir(tiny_tokenizer_dir, tmp_path):
+    """Every stage that renders conversations loads its tokenizer through templates.chat_tokenizer."""
+    from transformers import PreTrainedTokenizerFast
+
+    from jielong import templates
+
+    assert templates.chat_tokenizer(tiny_tokenizer_dir / "tok", "sft").chat_template
+    tok = PreTrainedTokenizerFast.from_pretrained(tiny_tokenizer_dir / "tok")
+    tok.chat_template = None
+    tok.save_pretrained(tmp_path / "plain")
+    (tmp_path / "plain" / "chat_template.jinja").unlink(missing_ok=True)
+    with pytest.raises(SystemExit, match=rf"reward: the tokenizer in {tmp_path}/plain has no chat template \(an SFT"):
+        templates.chat_tokenizer(tmp_path / "plain", "reward")
+
 # ---------------------------------------------------------------- your data
 QUESTIONS = [("What is two plus two?", "Four."), ("What is the capital of France?", "Paris."),
              ("Are cats pets?", "Yes, cats are pets."), ("At what temperature does water boil?", "At one hundred degrees."),
