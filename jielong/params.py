@@ -290,6 +290,7 @@ class CorpusURLFilter(Section):
 class CorpusExtract(Section):
     enabled: bool
     favour_precision: bool  # trafilatura: less text, less boilerplate
+    fallback: bool  # trafilatura: compare with readability and jusText (off: its `no_fallback`)
     deduplicate: bool  # trafilatura's paragraph cache across pages; dedup is the dedup steps' job
     timeout_s: Annotated[float, Field(gt=0)]  # per page; a page that takes longer is dropped ("timeout")
 

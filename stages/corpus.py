@@ -82,7 +82,7 @@ def filter_steps(p: CorpusParams, inputs: list[InputFiles]) -> list[tuple[str, o
     if p.extract.enabled:
         e = p.extract
         steps.append(("extract", HtmlExtractor(favour_precision=e.favour_precision, timeout=e.timeout_s,
-                                               deduplicate=e.deduplicate)))
+                                               deduplicate=e.deduplicate, no_fallback=not e.fallback)))
     if p.language.enabled:
         steps.append(("language", OfflineLanguageFilter(p.language.languages, p.language.threshold,
                                                         p.language.model)))

@@ -196,6 +196,27 @@ def test_dedup_keeps_the_canonical_url():
     assert p(original) > p("https://a.example/1", canonical_url=original)
 
 
+def test_shared_word_tokenizer_gives_datatroves_words_and_lets_its_vocabulary_go(tiny_world):
+    """The corpus stage splits words with spaCy's tokenizer outside a memory zone: the words of every
+    page are datatrove's, and the vocabulary is let go once it passes its cap."""
+    from datatrove.utils.word_tokenizers import load_word_tokenizer
+
+    from jielong.corpus.steps import SharedWordTokenizer
+
+    _, _, records, _ = tiny_world
+    texts = [r.page.text for r in records if r.page.language == "en"][:150]
+    assert len(texts) == 150
+    ours, theirs = SharedWordTokenizer("en", remember=0), load_word_tokenizer("en")
+    ours.MAX_STRINGS = 2_000
+    grew, reset = 0, False
+    for text in texts:
+        assert ours.word_tokenize(text) == theirs.word_tokenize(text)
+        held = len(ours.inner.tokenizer.vocab.strings)
+        reset |= held < grew
+        grew = held
+    assert reset and grew <= 2_000 + max(len(t.split()) for t in texts) * 3
+
+
 def test_funnel_names_the_step_that_removed_the_last_documents():
     from jielong.corpus.funnel import check
 

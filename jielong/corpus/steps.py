@@ -23,7 +23,7 @@ from datatrove.pipeline.formatters.pii import public_ip_validator
 from datatrove.utils._import_utils import ASSETS_PATH
 from datatrove.utils.logging import logger
 from datatrove.utils.typeshelper import StatHints
-from datatrove.utils.word_tokenizers import WordTokenizer, load_word_tokenizer
+from datatrove.utils.word_tokenizers import SpaCyTokenizer, WordTokenizer, load_word_tokenizer, strip_strings
 
 
 # ---------------------------------------------------------------- URL filter
@@ -206,9 +206,18 @@ class SharedWordTokenizer(WordTokenizer):
     """datatrove's word tokenizer for a language, remembering the last few texts it split into words.
 
     Gopher repetition, Gopher quality and FineWeb each split the same page into words with spaCy
-    (~3 ms a page, the largest cost after extraction). datatrove's filters accept a WordTokenizer
-    in place of a language code, so one shared instance tokenizes each page once, not three times.
+    (the largest cost after extraction). datatrove's filters accept a WordTokenizer in place of a
+    language code, so one shared instance tokenizes each page once, not three times.
+
+    Words come from spaCy's tokenizer alone, outside a memory zone. datatrove's SpaCyTokenizer runs
+    the whole blank pipeline (tokenizer, then a sentencizer that does not change the tokens) inside
+    `memory_zone()`, which frees every lexeme the page created, so each page's words are looked up
+    from scratch; kept, they are found the next time (docs/findings.md "Benchmarks"). So that the
+    vocabulary cannot grow without bound on a long crawl, the pipeline is loaded afresh once it holds
+    MAX_STRINGS strings. The words are datatrove's own: a test compares them on the tiny world.
     """
+
+    MAX_STRINGS = 500_000
 
     def __init__(self, language: str = "en", remember: int = 4):
         super().__init__(language)
@@ -225,10 +234,19 @@ class SharedWordTokenizer(WordTokenizer):
     def word_tokenize(self, text: str) -> list[str]:
         words = self._words.get(text)
         if words is None:
-            words = self._words[text] = self.inner.word_tokenize(text)
+            words = self._words[text] = self._split(text)
             if len(self._words) > self.remember:
                 self._words.popitem(last=False)
         return words
+
+    def _split(self, text: str) -> list[str]:
+        inner = self.inner
+        # Japanese is split in byte-bounded chunks, and "IS_ALPHA" breaks spaCy: datatrove's own path
+        if not isinstance(inner, SpaCyTokenizer) or inner.language == "ja" or "IS_ALPHA" in text:
+            return inner.word_tokenize(text)
+        if len(inner.tokenizer.vocab.strings) > self.MAX_STRINGS:
+            inner._tokenizer = None  # a fresh blank pipeline: the lexemes kept so far are let go
+        return strip_strings([token.text for token in inner.tokenizer.tokenizer(text)])
 
     def sent_tokenize(self, text: str) -> list[str]:
         return self.inner.sent_tokenize(text)
