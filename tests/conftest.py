@@ -11,6 +11,10 @@ import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("JIELONG_PROGRESS", "0")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one torch thread per pytest-xdist worker (and per stage a test starts): two workers of two threads
+    # each on two cores spent more CPU time than they saved
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from pydantic import BaseModel  # noqa: E402
 
@@ -87,10 +91,36 @@ def tiny_world_dir(tmp_path_factory, tiny) -> Path:
     return root
 
 
+# pytest-xdist hands out test files in this order (addopts: --no-loadscope-reorder): test_e2e.py first,
+# whose worker builds the tiny repo and then tests it, while the other worker takes the unit tests and
+# then test_e2e_reruns.py, which by then finds the build done and works on a copy of it
+FILE_ORDER = {"test_e2e.py": 0, "test_e2e_reruns.py": 2}
+
+
 def pytest_collection_modifyitems(items):
-    """The end-to-end tests first: the longest file, so its worker starts on it while the other takes
-    the rest (pytest-xdist hands out files in collection order)."""
-    items.sort(key=lambda item: item.get_closest_marker("e2e") is None)
+    items.sort(key=lambda item: FILE_ORDER.get(item.path.name, 1))
+
+
+@pytest.fixture(scope="session")
+def built_tiny_repo(tmp_path_factory, worker_id) -> Path:
+    """The tiny profile's `dvc repro` in a copy of the repository, built once per test run (tests/repro.py)."""
+    from filelock import FileLock
+
+    from .repro import build
+
+    # under pytest-xdist each worker's base temp is a folder of this run's; their parent is shared
+    base = tmp_path_factory.getbasetemp()
+    shared = base if worker_id == "master" else base.parent
+    repo, done = shared / "tiny-repo", shared / "tiny-repo.built"
+    with FileLock(str(shared / "tiny-repo.lock")):
+        if not done.exists():
+            if repo.exists():  # a build that failed in another worker: start it again
+                import shutil
+
+                shutil.rmtree(repo)
+            build(repo)
+            done.touch()
+    return repo
 
 
 __all__ = ["REPO", "default_params", "params_section", "random", "tiny_params", "write_params"]

@@ -1,0 +1,142 @@
+"""End to end, on a copy of the tiny profile's built repo: a stage SIGKILLed mid-run resumes to the same
+outputs, and a changed param re-runs exactly the stages that depend on it."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from .repro import copy_built, env, output_hashes, ran, run
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(built_tiny_repo, tmp_path_factory) -> Path:
+    return copy_built(built_tiny_repo, tmp_path_factory.mktemp("e2e-reruns") / "repo")
+
+
+def _kill_during(repo: Path, stage: str, ready, timeout: float = 300) -> Path:
+    """`dvc repro -f -s <stage>`, SIGKILLed (dvc and the stage, the whole process group) once `ready()`.
+
+    A SIGKILLed process cannot remove its temporary folders, so the run's TMPDIR is one next to the repo
+    copy (pytest's to clean up), not the machine's /tmp: each test run left an empty jielong-eval-* there.
+    """
+    tmp = repo.parent / f"tmp-killed-{stage.replace('@', '-')}"
+    tmp.mkdir(exist_ok=True)
+    proc = subprocess.Popen(["dvc", "repro", "-f", "-s", stage], cwd=repo, env=env() | {"TMPDIR": str(tmp)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, f"{stage} ended (rc {proc.returncode}) before it could be killed"
+        assert time.monotonic() < deadline, f"{stage}: no kill point within {timeout}s"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return tmp
+
+
+def _corpus_task_done(repo: Path) -> bool:
+    return bool(list((repo / "data/corpus-work").glob("*/logs/00-filter/completions/*")))
+
+
+def _pretrain_checkpointed(repo: Path) -> bool:
+    return bool(list((repo / "data/pretrain_work").glob("*/ckpt-*/state.json")))
+
+
+def _eval_answers_cached(repo: Path) -> bool:
+    for db in (repo / "data/eval_work/base").glob("*.db"):
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.1) as con:
+                if con.execute("SELECT count(*) FROM unnamed").fetchone()[0] >= 20:
+                    return True
+        except sqlite3.Error:  # not created yet, or locked by the writer this instant
+            pass
+    return False
+
+
+@pytest.mark.parametrize("stage, work, ready, resumed", [
+    ("corpus", "data/corpus-work", _corpus_task_done, "resuming in"),
+    ("pretrain", "data/pretrain_work", _pretrain_checkpointed, "resuming from"),
+    ("eval@base", "data/eval_work/base", _eval_answers_cached, "resuming: answers of a killed run"),
+])
+def test_sigkill_mid_stage_then_repro_resumes_to_the_same_outputs(tiny_repo, stage, work, ready, resumed):
+    before = output_hashes(tiny_repo)
+    knows = tiny_repo / "data/eval/base/knows.parquet"
+    knows_before, metrics_before = knows.read_bytes(), json.loads((tiny_repo / "metrics/eval/base.json").read_text())
+    # what the first run left to resume from goes: the kill must interrupt work done from scratch
+    for old in (tiny_repo / work).iterdir():
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+    left = _kill_during(tiny_repo, stage, lambda: ready(tiny_repo))
+    if stage == "eval@base":  # the killed run's scratch folder stayed, in the folder it was given
+        assert list(left.glob("jielong-eval-*"))
+    # dvc.lock still holds the module's first, finished run of the stage with these inputs, so a plain
+    # `dvc repro` would check its outputs out of the cache; a killed first run has no such entry and
+    # runs the stage again, which resumes: forcing the stage is that path
+    out = run(["dvc", "repro", "-f", "-s", stage], tiny_repo)
+    assert f"Running stage '{stage}'" in out and resumed in out
+    # the resumed stage wrote the same outputs, so no model or dataset downstream of it is rebuilt
+    # (the report, which shows the stage's new wall time, is redrawn)
+    out = run(["dvc", "repro"], tiny_repo)
+    assert ran(out) <= {"report"}, out
+    after = output_hashes(tiny_repo)
+    if stage == "eval@base":
+        # lm-eval batches the requests the killed run left by length anew, and a log-likelihood computed
+        # in another batch can differ in its 7th digit: the samples' bytes may change, what downstream
+        # reads (knows.parquet, by sft_data) and the metrics may not
+        assert knows.read_bytes() == knows_before
+        metrics = json.loads((tiny_repo / "metrics/eval/base.json").read_text())
+        assert metrics.keys() == metrics_before.keys()
+        assert all(math.isclose(metrics[k], v, rel_tol=1e-5, abs_tol=1e-9) for k, v in metrics_before.items())
+        after.pop("data/eval/base"), before.pop("data/eval/base")
+    assert after == before
+    assert "changed" not in run(["dvc", "status"], tiny_repo).lower()
+
+
+def _with_param(repo: Path, section: str, key: str, value) -> str:
+    """params.yaml with one value changed; returns the original text."""
+    import yaml
+
+    params = repo / "params.yaml"
+    original = params.read_text()
+    changed = yaml.safe_load(original)
+    assert changed[section][key] != value
+    changed[section][key] = value
+    params.write_text(yaml.safe_dump(changed, sort_keys=False))
+    return original
+
+
+def test_changing_one_param_reruns_exactly_its_dependents(tiny_repo):
+    params = tiny_repo / "params.yaml"
+    original = _with_param(tiny_repo, "report", "figure_dpi", 80)  # a leaf: nothing else
+    try:
+        assert ran(run(["dvc", "repro"], tiny_repo)) == {"report"}
+    finally:
+        params.write_text(original)
+    assert ran(run(["dvc", "repro"], tiny_repo)) == {"report"}  # back to the profile's figures
+    assert "changed" not in run(["dvc", "status"], tiny_repo).lower()
+    # a queued/--temp experiment runs in a fresh copy without the resumable work folders: the stages
+    # upstream are checked out from the cache, not redone (they would be, were the folders DVC outputs)
+    # (a dpi no earlier run used: the run cache cannot answer for the report either). The run is committed
+    # first, as a user's would be: the copy carries changes to tracked files, not untracked metrics files
+    # (cache: false) that stages off in the default profile wrote, which would then look missing.
+    run(["git", "add", "-A"], tiny_repo)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "tiny repro"], tiny_repo)
+    out = run(["dvc", "exp", "run", "--temp", "-S", "report.figure_dpi=72"], tiny_repo)
+    assert ran(out) == {"report"}, out
+
+    _with_param(tiny_repo, "ppo", "iterations", 3)  # the policy, and what reads it
+    try:
+        assert ran(run(["dvc", "repro"], tiny_repo)) == {"ppo", "eval@ppo", "report"}
+    finally:
+        # the module's last test: the params go back, the ~30 s re-run of ppo that would match them does not
+        params.write_text(original)
