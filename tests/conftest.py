@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -115,12 +116,19 @@ def built_tiny_repo(tmp_path_factory, worker_id) -> Path:
     with FileLock(str(shared / "tiny-repo.lock")):
         if not done.exists():
             if repo.exists():  # a build that failed in another worker: start it again
-                import shutil
-
                 shutil.rmtree(repo)
             build(repo)
             done.touch()
     return repo
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(built_tiny_repo, tmp_path_factory) -> Path:
+    """This test file's own copy of the built tiny repo: one file's forced re-runs and kills never
+    meet another's reads."""
+    from .repro import copy_built
+
+    return copy_built(built_tiny_repo, tmp_path_factory.mktemp("e2e") / "repo")
 
 
 __all__ = ["REPO", "default_params", "params_section", "random", "tiny_params", "write_params"]

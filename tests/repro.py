@@ -2,7 +2,7 @@
 
 `built_tiny_repo` (conftest) builds it under a folder the pytest-xdist workers share, behind a file
 lock: the first worker to ask builds it, another waits for it. Each file then works in its own copy
-(`tiny_repo_copy`), so one file's forced re-runs and kills never meet another's reads.
+(conftest's `tiny_repo`).
 """
 
 from __future__ import annotations

@@ -5,18 +5,12 @@ changed params: test_e2e_reruns.py, on its own copy of the same build."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-from .repro import SECRETS, copy_built, output_hashes, ran, run
+from .repro import SECRETS, output_hashes, ran, run
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def tiny_repo(built_tiny_repo, tmp_path_factory) -> Path:
-    return copy_built(built_tiny_repo, tmp_path_factory.mktemp("e2e") / "repo")
 
 
 def test_repro_produces_every_declared_output(tiny_repo):

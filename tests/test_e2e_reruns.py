@@ -15,14 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from .repro import copy_built, env, output_hashes, ran, run
+from .repro import env, output_hashes, ran, run
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def tiny_repo(built_tiny_repo, tmp_path_factory) -> Path:
-    return copy_built(built_tiny_repo, tmp_path_factory.mktemp("e2e-reruns") / "repo")
 
 
 def _kill_during(repo: Path, stage: str, ready, timeout: float = 300) -> Path:

@@ -132,7 +132,6 @@ def test_a_template_that_rewrites_earlier_turns_is_refused():
         templates.encode_with_mask(tok, CONVERSATION)
 
 
-
 def test_a_tokenizer_without_a_chat_template_is_refused_naming_the_stage_and_dir(tiny_tokenizer_dir, tmp_path):
     """Every stage that renders conversations loads its tokenizer through templates.chat_tokenizer."""
     from transformers import PreTrainedTokenizerFast
@@ -146,6 +145,7 @@ def test_a_tokenizer_without_a_chat_template_is_refused_naming_the_stage_and_dir
     (tmp_path / "plain" / "chat_template.jinja").unlink(missing_ok=True)
     with pytest.raises(SystemExit, match=rf"reward: the tokenizer in {tmp_path}/plain has no chat template \(an SFT"):
         templates.chat_tokenizer(tmp_path / "plain", "reward")
+
 
 # ---------------------------------------------------------------- your data
 QUESTIONS = [("What is two plus two?", "Four."), ("What is the capital of France?", "Paris."),
