@@ -245,7 +245,9 @@ class SharedWordTokenizer(WordTokenizer):
         if not isinstance(inner, SpaCyTokenizer) or inner.language == "ja" or "IS_ALPHA" in text:
             return inner.word_tokenize(text)
         if len(inner.tokenizer.vocab.strings) > self.MAX_STRINGS:
-            inner._tokenizer = None  # a fresh blank pipeline: the lexemes kept so far are let go
+            # datatrove hands every caller one cached instance per language, so its pipeline, not the
+            # instance, is dropped: the next access builds a fresh blank one, the lexemes kept so far go
+            inner._tokenizer = None
         return strip_strings([token.text for token in inner.tokenizer.tokenizer(text)])
 
     def sent_tokenize(self, text: str) -> list[str]:
