@@ -1,12 +1,14 @@
-"""Logging and progress bars, configured the same way for every stage."""
+"""Logging and progress bars, configured the same way for every stage, and how a stage's process ends."""
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import logging
 import os
 import sys
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 from tqdm.auto import tqdm
@@ -51,3 +53,26 @@ def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str 
     """tqdm over `items`; silent when JIELONG_PROGRESS=0 (tests, CI logs)."""
     disable = os.environ.get("JIELONG_PROGRESS", "1") == "0"
     yield from tqdm(items, desc=desc, total=total, unit=unit, disable=disable, dynamic_ncols=True)
+
+
+def run(main: Callable[[], object]) -> None:
+    """A command's entry point (`python -m stages.<name>`): main(), then end the process without
+    Python's teardown.
+
+    A stage imports torch, transformers, datasets and great-expectations, thousands of modules,
+    and a normal exit frees them one object at a time: a good part of a short stage's wall time
+    (docs/findings.md, "Stage start-up and exit"). Once main() returns, every output is written,
+    closed and checked, so what teardown would still do is flush the standard streams and run the
+    atexit handlers (logging's, multiprocessing's, Ray's); this does those two and leaves with
+    os._exit. An exception or sys.exit from main() takes the normal path, as does a return while a
+    non-daemon thread still runs (a normal exit waits for it).
+    """
+    main()
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        return
+    # atexit has no public way to run its handlers early; _run_exitfuncs is what interpreter
+    # shutdown itself calls, and it empties the list, so nothing runs twice
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(0)

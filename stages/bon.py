@@ -28,7 +28,7 @@ from transformers import GenerationConfig
 
 from jielong import best_of_n, generation, grading
 from jielong.io import write_csv
-from jielong.log import get_logger
+from jielong.log import get_logger, run
 from jielong.metrics import write_metrics
 from jielong.params import load
 
@@ -112,4 +112,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

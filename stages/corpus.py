@@ -60,7 +60,7 @@ from jielong.corpus.readers import InputFiles, make_readers, resolve_inputs
 from jielong.corpus.steps import PHONE, HtmlExtractor, OfflineURLFilter, PIIScrubber, SharedWordTokenizer
 from jielong.corpus.truth import truth_metrics
 from jielong.io import atomic_dir, write_parquet
-from jielong.log import get_logger
+from jielong.log import get_logger, run
 from jielong.metrics import write_metrics
 from jielong.params import CorpusParams, load
 
@@ -279,4 +279,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -34,7 +34,7 @@ import yaml
 from jielong.checks import expect, gx
 from jielong.decontam import EvalIndex, Normalisation
 from jielong.io import atomic_dir, atomic_file, write_parquet
-from jielong.log import get_logger, progress
+from jielong.log import get_logger, progress, run
 from jielong.metrics import write_metrics
 from jielong.params import load
 from jielong.world.people import attribute_values
@@ -239,4 +239,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -35,7 +35,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 from jielong import onpolicy, preferences, templates
 from jielong.chat import PAD
 from jielong.io import atomic_dir, write_csv
-from jielong.log import get_logger
+from jielong.log import get_logger, run
 from jielong.metrics import write_metrics
 from jielong.model import save_tokenizer, validate_model
 from jielong.params import load_all
@@ -164,4 +164,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

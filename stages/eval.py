@@ -40,7 +40,7 @@ from jielong import grading
 from jielong.chat import END, is_chat_tokenizer
 from jielong.checks import expect, gx
 from jielong.io import atomic_dir, write_json, write_parquet
-from jielong.log import get_logger
+from jielong.log import get_logger, run
 from jielong.metrics import write_metrics
 from jielong.params import load_all
 
@@ -505,4 +505,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

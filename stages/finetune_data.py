@@ -26,7 +26,7 @@ import polars as pl
 from jielong import reward_model, templates, userdata
 from jielong.checks import expect, gx
 from jielong.io import atomic_dir, write_parquet
-from jielong.log import get_logger
+from jielong.log import get_logger, run
 from jielong.params import load_all
 
 log = get_logger("finetune_data")
@@ -114,4 +114,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -35,7 +35,7 @@ from jielong.chat import is_chat_tokenizer
 from jielong.checks import expect, gx
 from jielong.generation import consistent_reply, encode, load
 from jielong.io import atomic_dir, write_csv, write_json, write_parquet
-from jielong.log import get_logger
+from jielong.log import get_logger, run
 from jielong.metrics import write_metrics
 from jielong.params import load_all
 
@@ -194,4 +194,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

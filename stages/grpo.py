@@ -43,7 +43,7 @@ from jielong import onpolicy, preferences, reward_model, templates
 from jielong.chat import PAD, reply_text
 from jielong.grading import gold_reward
 from jielong.io import atomic_dir, write_csv
-from jielong.log import get_logger
+from jielong.log import get_logger, run
 from jielong.metrics import write_metrics
 from jielong.model import save_tokenizer, validate_model
 from jielong.params import load_all
@@ -182,4 +182,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

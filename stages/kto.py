@@ -32,7 +32,7 @@ from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedToken
 from jielong import onpolicy
 from jielong.checks import expect, gx
 from jielong.io import atomic_dir, write_csv
-from jielong.log import get_logger
+from jielong.log import get_logger, run
 from jielong.metrics import write_metrics
 from jielong.model import save_tokenizer, validate_model
 from jielong.params import load
@@ -144,4 +144,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -47,7 +47,7 @@ from jielong import templates
 from jielong.chat import PAD, reply_text
 from jielong.grading import gold_reward
 from jielong.io import atomic_dir, write_csv
-from jielong.log import get_logger, progress
+from jielong.log import get_logger, progress, run
 from jielong.metrics import write_metrics
 from jielong.model import save_tokenizer, validate_model
 from jielong.params import load
@@ -364,4 +364,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

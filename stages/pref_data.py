@@ -24,7 +24,7 @@ import polars as pl
 from jielong import grading, preferences, reward_model, templates
 from jielong.checks import expect, gx
 from jielong.io import atomic_dir, write_parquet
-from jielong.log import get_logger
+from jielong.log import get_logger, run
 from jielong.params import load_all
 
 log = get_logger("pref_data")
@@ -98,4 +98,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -35,7 +35,7 @@ from transformers import GenerationConfig, PreTrainedTokenizerFast
 from jielong import checkpoint
 from jielong.chat import END, EOT, PAD
 from jielong.io import atomic_dir, write_csv
-from jielong.log import get_logger
+from jielong.log import get_logger, run
 from jielong.metrics import write_metrics
 from jielong.model import (
     build_model,
@@ -313,4 +313,4 @@ def finish(args, p, model, tok, state: dict, fpt: float, peak: float, peak_sourc
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jielong.io import atomic_dir
-from jielong.log import get_logger
+from jielong.log import get_logger, run
 from jielong.params import load_all
 from jielong.report import (
     Block,
@@ -520,4 +520,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

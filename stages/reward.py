@@ -39,7 +39,7 @@ from transformers import AutoModelForSequenceClassification
 from jielong import reward_model, templates
 from jielong.chat import PAD
 from jielong.io import atomic_dir, write_csv
-from jielong.log import get_logger
+from jielong.log import get_logger, run
 from jielong.metrics import write_metrics
 from jielong.model import save_tokenizer, validate_model
 from jielong.params import load
@@ -164,4 +164,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -36,7 +36,7 @@ import torch
 from jielong import generation, judge, onpolicy, preferences
 from jielong.checks import expect, gx
 from jielong.io import atomic_dir, write_parquet
-from jielong.log import get_logger
+from jielong.log import get_logger, run
 from jielong.metrics import write_metrics
 from jielong.params import load_all
 
@@ -129,4 +129,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

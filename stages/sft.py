@@ -35,7 +35,7 @@ from transformers import AutoModelForCausalLM, GenerationConfig
 from jielong import templates
 from jielong.chat import CHAT_TOKENS, PAD, warm_start_chat_tokens
 from jielong.io import atomic_dir, write_csv
-from jielong.log import get_logger
+from jielong.log import get_logger, run
 from jielong.metrics import write_metrics
 from jielong.model import save_tokenizer, validate_model
 from jielong.params import load
@@ -216,4 +216,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

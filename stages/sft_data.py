@@ -23,7 +23,7 @@ from transformers import PreTrainedTokenizerFast
 from jielong import conversations
 from jielong.checks import expect, gx
 from jielong.io import atomic_dir, write_parquet
-from jielong.log import get_logger
+from jielong.log import get_logger, run
 from jielong.params import load
 
 log = get_logger("sft_data")
@@ -103,4 +103,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

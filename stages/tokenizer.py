@@ -23,7 +23,7 @@ from jielong.chat import CHAT_TEMPLATE, CHAT_TOKENS, EOT, PAD, SPECIAL_TOKENS
 from jielong.checks import expect, gx
 from jielong.documents import in_fraction, read_documents
 from jielong.io import atomic_dir
-from jielong.log import get_logger
+from jielong.log import get_logger, run
 from jielong.metrics import write_metrics
 from jielong.params import load
 
@@ -172,4 +172,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -21,7 +21,7 @@ from jielong.chat import EOT
 from jielong.checks import expect, gx
 from jielong.documents import in_fraction, read_documents
 from jielong.io import atomic_dir
-from jielong.log import get_logger, progress
+from jielong.log import get_logger, progress, run
 from jielong.params import load
 from jielong.tokens import dtype_for, load_split
 
@@ -115,4 +115,4 @@ def validate(root: Path, label: Path, meta: dict) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

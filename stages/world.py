@@ -22,7 +22,7 @@ import polars as pl
 
 from jielong.checks import expect, gx
 from jielong.io import atomic_dir, write_parquet
-from jielong.log import get_logger, progress
+from jielong.log import get_logger, progress, run
 from jielong.metrics import write_metrics
 from jielong.params import load
 from jielong.world.crawl import KINDS, build_crawl, heldout_pages
@@ -166,4 +166,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -308,3 +308,50 @@ def test_every_stage_tells_how_it_is_run(stage, capsys):
         importlib.import_module(f"stages.{stage}").main(["--help"])
     assert done.value.code == 0
     assert capsys.readouterr().out.startswith(f"usage: python -m stages.{stage} ")
+
+
+@pytest.mark.parametrize("stage", sorted(p.stem for p in (REPO / "stages").glob("*.py") if p.stem != "__init__"))
+def test_every_stage_ends_through_the_fast_exit(stage):
+    assert (REPO / "stages" / f"{stage}.py").read_text().rstrip().endswith('if __name__ == "__main__":\n    run(main)')
+
+
+RUN_SCRIPT = """
+import atexit, sys, threading, time
+from pathlib import Path
+from jielong.log import run
+
+out = Path(sys.argv[1])
+def main():
+    atexit.register(lambda: (out / "atexit").write_text("ran"))
+    sys.stdout.write("buffered, no newline")  # a pipe's stdout is block-buffered: only a flush shows it
+    if sys.argv[2] == "raise":
+        raise ValueError("bad input")
+    if sys.argv[2] == "thread":  # a normal exit waits for a non-daemon thread; so must run()
+        threading.Thread(target=lambda: (time.sleep(0.5), (out / "thread").write_text("done"))).start()
+    return "ignored: a stage's return value is not its exit status"
+run(main)
+(out / "after").write_text("main returned and the process went on")
+"""
+
+
+@pytest.mark.parametrize("how", ["return", "raise", "thread"])
+def test_run_ends_the_process_after_main_as_a_normal_exit_would(tmp_path, how):
+    """jielong.log.run skips the interpreter's teardown, never what a normal exit does first: atexit
+    handlers, flushed streams, a failure's traceback and status, a non-daemon thread's work."""
+    import os
+    import subprocess
+    import sys
+
+    buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    proc = subprocess.run([sys.executable, "-c", RUN_SCRIPT, str(tmp_path), how], capture_output=True, text=True,
+                          cwd=REPO, env=buffered)
+    assert proc.stdout == "buffered, no newline"
+    assert (tmp_path / "atexit").read_text() == "ran"
+    if how == "raise":
+        assert proc.returncode == 1 and "ValueError: bad input" in proc.stderr
+    else:
+        assert proc.returncode == 0, proc.stderr
+    # os._exit after a plain return: nothing after run() executes; with a thread still running, run()
+    # returns and the interpreter ends normally, the thread's file written
+    assert (tmp_path / "after").exists() == (how == "thread")
+    assert (tmp_path / "thread").exists() == (how == "thread")
