@@ -92,14 +92,17 @@ def tiny_world_dir(tmp_path_factory, tiny) -> Path:
     return root
 
 
-# pytest-xdist hands out test files in this order (addopts: --no-loadscope-reorder): test_e2e.py first,
-# whose worker builds the tiny repo and then tests it, while the other worker takes the unit tests and
-# then test_e2e_reruns.py, which by then finds the build done and works on a copy of it
-FILE_ORDER = {"test_e2e.py": 0, "test_e2e_reruns.py": 2}
+# pytest-xdist hands out test files in this order (addopts: --no-loadscope-reorder), one at a time as a
+# worker runs low: test_e2e.py first, whose worker builds the tiny repo (the suite's longest step), while
+# the other worker takes the slow unit files; then the files that work on copies of the build, which by
+# then is done; the quick unit files last, so that the two workers end together
+FILE_ORDER = {"test_e2e.py": 0, **dict.fromkeys(["test_corpus.py", "test_pretrain.py", "test_samples.py", "test_eval.py",
+                                                 "test_benchmarks.py", "test_finetune.py"], 1),
+              "test_e2e_kills.py": 2, "test_e2e_forced.py": 3, "test_e2e_params.py": 4}
 
 
 def pytest_collection_modifyitems(items):
-    items.sort(key=lambda item: FILE_ORDER.get(item.path.name, 1))
+    items.sort(key=lambda item: FILE_ORDER.get(item.path.name, 5))
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """End to end: `dvc repro` of the tiny profile in a temporary copy of the repository: what it writes,
-that a second repro runs nothing, that forced re-runs reproduce every output. Kills, resumes and
-changed params: test_e2e_reruns.py, on its own copy of the same build."""
+and that a second repro runs nothing. On their own copies of the same build: forced re-runs reproduce
+every output (test_e2e_forced.py), a killed stage resumes (test_e2e_kills.py), a changed param re-runs
+exactly its dependents (test_e2e_params.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 
 import pytest
 
-from .repro import SECRETS, output_hashes, ran, run
+from .repro import SECRETS, run
 
 pytestmark = pytest.mark.e2e
 
@@ -99,16 +100,3 @@ def test_no_secret_from_the_environment_is_written_anywhere(tiny_repo):
         text = path.read_bytes()
         for secret in SECRETS.values():
             assert secret.encode() not in text, f"{secret} found in {path}"
-
-
-DETERMINISTIC = ["world", "decontam", "tokenizer", "tokens", "sft_data", "sft", "pref_data", "reward", "dpo", "ppo",
-                 "eval@sft", "report"]  # corpus, pretrain, eval@base: killed and resumed in test_e2e_reruns.py
-
-
-def test_forced_reruns_give_identicaloutput_hashes(tiny_repo):
-    before = output_hashes(tiny_repo)
-    # one dvc process for all of them (dvc's own start-up is seconds); the changed outputs name the stage
-    out = run(["dvc", "repro", "-f", "-s", *DETERMINISTIC], tiny_repo)
-    assert ran(out) == set(DETERMINISTIC), out
-    changed = {k for k, v in output_hashes(tiny_repo).items() if before.get(k) != v}
-    assert not changed, f"forced re-runs of {DETERMINISTIC} changed {changed}"
