@@ -355,3 +355,11 @@ def test_run_ends_the_process_after_main_as_a_normal_exit_would(tmp_path, how):
     # returns and the interpreter ends normally, the thread's file written
     assert (tmp_path / "after").exists() == (how == "thread")
     assert (tmp_path / "thread").exists() == (how == "thread")
+
+
+def test_the_test_file_order_names_files_that_exist():
+    """conftest's FILE_ORDER decides which worker builds the tiny repo and how the two end together; a
+    renamed file would silently fall to the end of the order."""
+    from .conftest import FILE_ORDER
+
+    assert {name for name in FILE_ORDER if not (REPO / "tests" / name).is_file()} == set()
