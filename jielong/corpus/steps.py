@@ -28,7 +28,8 @@ from datatrove.utils.word_tokenizers import SpaCyTokenizer, WordTokenizer, load_
 
 # ---------------------------------------------------------------- URL filter
 class HashedDomains:
-    """A set of domains held as a sorted array of 64-bit xxhashes: 36 MB instead of 800 MB of Python strings."""
+    """A set of domains held as a sorted array of 64-bit xxhashes, a small part of the memory the same domains
+    take as a set of Python strings."""
 
     def __init__(self, hashes: np.ndarray, extra: set[str]):
         self.hashes, self.extra = hashes, extra
