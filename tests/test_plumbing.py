@@ -299,7 +299,10 @@ def test_jielong_progress_0_quiets_the_hugging_face_bars(monkeypatch):
         datasets.disable_progress_bars()
 
 
-@pytest.mark.parametrize("stage", sorted(p.stem for p in (REPO / "stages").glob("*.py") if p.stem != "__init__"))
+STAGE_SCRIPTS = sorted(p.stem for p in (REPO / "stages").glob("*.py") if p.stem != "__init__")
+
+
+@pytest.mark.parametrize("stage", STAGE_SCRIPTS)
 def test_every_stage_tells_how_it_is_run(stage, capsys):
     """`--help` opens with the command README gives (`python -m stages.<name>`), not the file name."""
     import importlib
@@ -310,7 +313,7 @@ def test_every_stage_tells_how_it_is_run(stage, capsys):
     assert capsys.readouterr().out.startswith(f"usage: python -m stages.{stage} ")
 
 
-@pytest.mark.parametrize("stage", sorted(p.stem for p in (REPO / "stages").glob("*.py") if p.stem != "__init__"))
+@pytest.mark.parametrize("stage", STAGE_SCRIPTS)
 def test_every_stage_ends_through_the_fast_exit(stage):
     assert (REPO / "stages" / f"{stage}.py").read_text().rstrip().endswith('if __name__ == "__main__":\n    run(main)')
 
